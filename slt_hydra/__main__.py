@@ -1,0 +1,35 @@
+"""`python -m slt_hydra [overrides]`: compose the config with Hydra and run one experiment (or a sweep).
+
+A problem with the input (config combination, data file, model not available) ends with one message on
+stderr and exit code 2, before anything heavy is loaded. The return value is the objective for sweepers.
+"""
+import os
+import sys
+
+# No telemetry from the libraries, and no implicit Hub calls for things we do not use.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from slt_hydra.errors import SetupError  # noqa: E402
+from slt_hydra.schema import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from slt_hydra.run import run
+
+    try:
+        return run(cfg)
+    except SetupError as error:
+        print(f"slt_hydra: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

