@@ -1,18 +1,24 @@
 """Corpus readers and prompt formatting.
 
 ``load_splits`` reads the train/dev/test files that ``cfg`` (a ``DatasetConfig``, as a
-dataclass or an OmegaConf node) describes, in one of four formats:
+dataclass or an OmegaConf node) describes, in one of five formats:
 
 * ``jsonl``    one JSON object per line: ``{source_field: ..., target_field: ...}``, or
                Alpaca style (``instruction`` [+ ``input``] / ``output`` or ``response``), or
                chat style (``messages``: last user turn / last assistant turn);
 * ``csv``/``tsv`` a header line and one row per example (``delimiter`` null = "," / tab;
                PHOENIX-2014T uses "|" with ``source_field=orth target_field=translation``);
-* ``parallel`` two text files, one sentence per line, aligned by line number.
+* ``parallel`` two text files, one sentence per line, aligned by line number;
+* ``hub``      a Hugging Face Hub dataset (``hub_id``, ``hub_config``, ``hub_revision``), read with
+               ``datasets.load_dataset`` only when the Hub is reachable; ``splits`` maps our split names
+               to the Hub's (``dev: validation``), slices included (``dev: "train[95%:]"``).
+
+Corpora that ship no gloss column (How2Sign, iSign: ``_TEXT_ONLY``) are refused with a message that
+says so and what to do, rather than trained on an id column or on nothing.
 
 Every problem is raised as ``DataError`` whose message names the file, the line when it
 applies, and the config key to change. No torch/transformers import happens here, and
-``datasets`` is only imported by ``to_prompt_completion``, so validation stays fast.
+``datasets`` is only imported by ``to_prompt_completion`` and for ``format: hub``, so validation stays fast.
 """
 from __future__ import annotations
 
@@ -25,15 +31,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from omegaconf.errors import MissingMandatoryValue
+
 from slt_hydra.errors import SetupError
 
-FORMATS = ("jsonl", "csv", "tsv", "parallel")
+FORMATS = ("jsonl", "csv", "tsv", "parallel", "hub")
 DIRECTIONS = ("gloss2text", "text2gloss")
 BAD_ROW_POLICIES = ("error", "drop")
 LEAK_POLICIES = ("error", "drop", "keep")
 TRAIN = "train"
 
 _DROP_HINT = "dataset.on_bad_rows=drop"
+
+# Corpora that ship only the spoken-language side, keyed by dataset.name (the conf/dataset file that describes
+# them): their metadata columns (ids, times: never a source), and what to tell a user without a gloss column.
+# The knowledge is about the published corpus, not a knob, so it lives here rather than in the schema.
+_TEXT_ONLY: Dict[str, Tuple[Tuple[str, ...], str]] = {
+    "how2sign": (
+        ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START", "END", "START_REALIGNED",
+         "END_REALIGNED"),
+        "How2Sign ships no gloss column: its realigned files hold only video/sentence ids, start/end times and the "
+        "English SENTENCE, and pose/video input is not supported yet. Add a gloss column (your own annotation) "
+        "to each split file, named GLOSS or any name you give as dataset.source_field=COLUMN",
+    ),
+    "isign": (
+        ("uid",),
+        "iSign ships no gloss or other source-text column: its CSV holds a video id (uid) and the English text, "
+        "and pose/video input is not supported yet, so there is nothing to translate from. Options: train on a "
+        "gloss corpus instead (dataset=aslg_pc12, dataset=phoenix14t, dataset=how2sign with a gloss column you "
+        "add, or dataset=local), or add a gloss column for the iSign uids to each split file, named gloss or "
+        "any name you give as dataset.source_field=COLUMN",
+    ),
+}
+_OFF = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -80,13 +110,45 @@ def _cap(cfg: Any, name: str) -> Optional[int]:
     return value
 
 
+def _value(cfg: Any, name: str) -> Any:
+    """The field's value, or None when it is absent, null, blank or ``???`` (mandatory and not set)."""
+    try:
+        value = getattr(cfg, name)
+    except (AttributeError, MissingMandatoryValue):
+        return None
+    if value is None or str(value).strip() in ("", "???"):
+        return None
+    return value
+
+
+def _check_fields(cfg: Any) -> Optional[str]:
+    """Refuse a source/target field that is unset, the same column twice, or (for a text-only corpus) a
+    metadata column, before any file is read. Returns the corpus's no-gloss hint, or None."""
+    spec = _TEXT_ONLY.get(str(_value(cfg, "name")))
+    hint = spec[1] if spec else None
+    sf, tf = _value(cfg, "source_field"), _value(cfg, "target_field")
+    if sf is None:
+        raise DataError("dataset.source_field is not set: it names the gloss column; "
+                        + (hint or "set dataset.source_field=COLUMN"))
+    if tf is None:
+        raise DataError("dataset.target_field is not set: it names the spoken-language text column; "
+                        "set dataset.target_field=COLUMN")
+    if str(sf) == str(tf):
+        raise DataError(f"dataset.source_field and dataset.target_field are both {str(sf)!r}: the model would learn "
+                        "to copy its input; " + (hint or "point dataset.source_field at the gloss column"))
+    if spec and str(sf) in spec[0]:
+        raise DataError(f"dataset.source_field={str(sf)!r} is a metadata column of {_value(cfg, 'name')}, not "
+                        f"source text; {hint}")
+    return hint
+
+
 def _expand(raw: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(str(raw))))
 
 
 def _resolve_dir(cfg: Any) -> Path:
-    raw = _get(cfg, "path")
-    if raw is None or not str(raw).strip():
+    raw = _value(cfg, "path")  # None for null, blank or ??? alike
+    if raw is None:
         raise DataError(
             "dataset.path is not set: it must name the directory that holds the split files; "
             "set dataset.path=DIR"
@@ -230,7 +292,7 @@ def _jsonl_rows(path: Path, sf: str, tf: str) -> Iterator[_Row]:
             )
 
 
-def _csv_rows(path: Path, delimiter: str, sf: str, tf: str) -> Iterator[_Row]:
+def _csv_rows(path: Path, delimiter: str, sf: str, tf: str, source_hint: Optional[str] = None) -> Iterator[_Row]:
     reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
@@ -248,6 +310,8 @@ def _csv_rows(path: Path, delimiter: str, sf: str, tf: str) -> Iterator[_Row]:
             seen = [d for d in ("|", "\t", ",", ";") if d in header[0] and d != delimiter]
             if seen:
                 hint += f" (the header looks {seen[0]!r}-separated: set dataset.delimiter='{seen[0]}')"
+        if sf in missing and source_hint:  # a text-only corpus (How2Sign...): say why the gloss column is absent
+            hint = source_hint if tf not in missing else f"{hint}. {source_hint}"
         raise DataError(
             f"{path}, line {reader.line_num}: column(s) {missing} not found. Header found "
             f"(delimiter {delimiter!r}): {header}; configured dataset.source_field={sf!r}, "
@@ -290,18 +354,118 @@ def _parallel_rows(src: Path, tgt: Path) -> Iterator[_Row]:
         yield n, s, t, None
 
 
+# --------------------------------------------------------------------------- Hugging Face Hub
+
+# Our split name -> the Hub split names tried, in order, when dataset.splits does not name one.
+_HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid", "val"), "test": ("test",)}
+
+
+def _hub_offline_reason() -> Optional[str]:
+    """Why the Hub cannot be used now, or None when it can. The environment is read first: no network attempt."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _OFF:
+            return f"{var}={os.environ[var]} is set"
+    from slt_hydra.models import hub_is_reachable  # deferred: only format=hub needs it
+
+    if not hub_is_reachable(timeout=2.0):
+        return "huggingface.co:443 did not answer within 2 s"
+    return None
+
+
+def _load_hub(cfg: Any) -> Any:
+    """``datasets.load_dataset(hub_id, hub_config, revision=hub_revision)``, online only, as a DatasetDict."""
+    hub_id, subset, revision = _value(cfg, "hub_id"), _value(cfg, "hub_config"), _value(cfg, "hub_revision")
+    if hub_id is None:
+        raise DataError("dataset.hub_id is not set: format=hub needs the Hub dataset's id; "
+                        "set dataset.hub_id=OWNER/NAME (and dataset.hub_config=SUBSET if it has several)")
+    reason = _hub_offline_reason()
+    if reason is not None:
+        args = repr(hub_id) + (f", {subset!r}" if subset else "") + (f", revision={revision!r}" if revision else "")
+        raise DataError(
+            f"dataset.hub_id={hub_id!r} cannot be loaded: this machine is offline ({reason}). Use a local copy: "
+            "on a machine with network (or here, if the dataset is already in the `datasets` cache, with "
+            f"HF_HUB_OFFLINE=1) export it as JSON lines with  python -c \"import datasets; "
+            f"d = datasets.load_dataset({args}); [d[s].to_json(f'DIR/{{s}}.jsonl') for s in d]\"  and run "
+            f"dataset=local dataset.path=DIR dataset.source_field={_value(cfg, 'source_field')} "
+            f"dataset.target_field={_value(cfg, 'target_field')}, naming the files in dataset.splits "
+            "(e.g. dataset.splits.dev=validation.jsonl)"
+        )
+    import datasets  # deferred: heavy import
+
+    try:
+        loaded = datasets.load_dataset(str(hub_id), subset, revision=revision)
+    except Exception as exc:  # not found, gated, missing subset, ...: all are config problems to report
+        raise DataError(
+            f"datasets.load_dataset({hub_id!r}, {subset!r}, revision={revision!r}) failed: "
+            f"{type(exc).__name__}: {exc}; check dataset.hub_id, dataset.hub_config (the subset) and "
+            "dataset.hub_revision (a gated dataset also needs HF_TOKEN in the environment)"
+        ) from exc
+    if not isinstance(loaded, Mapping):  # a single split came back
+        loaded = {"train": loaded}
+    return loaded
+
+
+def _hub_rows(cfg: Any, loaded: Mapping[str, Any], split: str, sf: str, tf: str) -> Tuple[Iterator[_Row], str]:
+    """Rows of one split of a loaded Hub dataset, and its label (``hf:ID/SPLIT``) for messages."""
+    hub_id = _value(cfg, "hub_id")
+    available = ", ".join(loaded) or "none"
+    spec = (_get(cfg, "splits") or {}).get(split)
+    if spec is None:
+        spec = next((name for name in _HUB_SPLITS.get(split, (split,)) if name in loaded), None)
+        if spec is None:
+            raise DataError(f"the Hub dataset {hub_id} has no split for '{split}' (its splits: {available}); "
+                            f"set dataset.splits.{split}=NAME, or a slice such as \"train[95%:]\"")
+    spec = str(spec)
+    import datasets  # already imported by _load_hub
+
+    try:
+        instructions = datasets.ReadInstruction.from_spec(spec).to_absolute(
+            {name: len(ds) for name, ds in loaded.items()})
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise DataError(f"dataset.splits.{split}={spec!r} is not a split of the Hub dataset {hub_id} (its splits: "
+                        f"{available}) nor a valid slice of one ({exc}); set dataset.splits.{split}=NAME or "
+                        "NAME[START:END] (e.g. train[:95%])") from exc
+    label = f"hf:{hub_id}/{spec}"
+    parts = [loaded[i.splitname].select(range(i.from_, i.to)) if (i.from_, i.to) != (0, len(loaded[i.splitname]))
+             else loaded[i.splitname] for i in instructions]
+    columns = list(parts[0].column_names) if parts else []
+    missing = [c for c in (sf, tf) if c not in columns]
+    if missing:
+        raise DataError(f"{label}: column(s) {missing} not found (columns: {columns}); configured "
+                        f"dataset.source_field={sf!r}, dataset.target_field={tf!r}; "
+                        "set dataset.source_field=COLUMN dataset.target_field=COLUMN")
+
+    def rows() -> Iterator[_Row]:
+        n = 0
+        for part in parts:
+            for source, target in zip(part[sf], part[tf]):
+                n += 1
+                yield n, _text(source, Path(label), n, sf), _text(target, Path(label), n, tf), None
+
+    return rows(), label
+
+
 # --------------------------------------------------------------------------- public API
 
 
-def _read_split(cfg: Any, root: Path, split: str, fmt: str, policy: str,
-                counts: Dict[str, int]) -> Tuple[List[Example], Tuple[Path, ...]]:
-    files = _split_files(cfg, root, split, fmt)
+def _read_split(cfg: Any, root: Any, split: str, fmt: str, policy: str, counts: Dict[str, int],
+                hub: Optional[Mapping[str, Any]] = None, source_hint: Optional[str] = None,
+                ) -> Tuple[List[Example], Tuple[Any, ...]]:
     sf, tf = str(_get(cfg, "source_field")), str(_get(cfg, "target_field"))
-    if fmt == "jsonl":
-        rows: Iterable[_Row] = _jsonl_rows(files[0], sf, tf)
+    rows: Iterable[_Row]
+    files: Tuple[Any, ...]  # the split's file(s), or its "hf:ID/SPLIT" label: named in messages and origins
+    if fmt == "hub":
+        assert hub is not None
+        rows, label = _hub_rows(cfg, hub, split, sf, tf)
+        files = (label,)
+    elif fmt == "jsonl":
+        files = _split_files(cfg, root, split, fmt)
+        rows = _jsonl_rows(files[0], sf, tf)
     elif fmt == "parallel":
+        files = _split_files(cfg, root, split, fmt)
         rows = _parallel_rows(files[0], files[1])
     else:
+        files = _split_files(cfg, root, split, fmt)
         delimiter = _get(cfg, "delimiter")
         if delimiter is None:
             delimiter = "," if fmt == "csv" else "\t"
@@ -309,7 +473,7 @@ def _read_split(cfg: Any, root: Path, split: str, fmt: str, policy: str,
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise DataError(f"dataset.delimiter={delimiter!r} must be one character (e.g. ',', '|', "
                             "'\\t') or null; set dataset.delimiter=...")
-        rows = _csv_rows(files[0], delimiter, sf, tf)
+        rows = _csv_rows(files[0], delimiter, sf, tf, source_hint)
 
     swap = _get(cfg, "direction") == "text2gloss"
     out: List[Example] = []
@@ -354,18 +518,23 @@ def load_splits(cfg: Any, splits: Sequence[str] = ("train", "dev", "test")
         raise DataError(f"dataset.on_leak={leak_policy!r} is not supported; set dataset.on_leak to one of: "
                         + ", ".join(LEAK_POLICIES))
     caps = {"train": _cap(cfg, "max_train_samples"), "eval": _cap(cfg, "max_eval_samples")}
-    root = _resolve_dir(cfg)
+    source_hint = _check_fields(cfg) if fmt != "parallel" else None  # parallel files have no fields
+    root = hub = None
+    if fmt == "hub":
+        hub = _load_hub(cfg)
+    else:
+        root = _resolve_dir(cfg)
 
     counts: Dict[str, int] = {}
     data: Dict[str, List[Example]] = {}
-    files: Dict[str, Tuple[Path, ...]] = {}
+    files: Dict[str, Tuple[Any, ...]] = {}
     for split in dict.fromkeys(splits):  # unique, in order
-        data[split], files[split] = _read_split(cfg, root, split, fmt, policy, counts)
+        data[split], files[split] = _read_split(cfg, root, split, fmt, policy, counts, hub, source_hint)
         if not data[split]:
             dropped = counts[f"dropped_empty_{split}"] + counts[f"dropped_malformed_{split}"]
             why = f"all {dropped} rows were dropped as bad rows" if dropped else "it holds no rows"
             raise DataError(f"split '{split}' ({files[split][0]}) is empty: {why}; "
-                            f"point dataset.splits.{split} at a file with examples")
+                            f"point dataset.splits.{split} at a {'split' if fmt == 'hub' else 'file'} with examples")
 
     # Cross-split leakage: a train pair (same source and same target) that is also in dev/test.
     if TRAIN in data:

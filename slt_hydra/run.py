@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import resource
 import time
@@ -22,10 +21,10 @@ from slt_hydra.errors import SetupError
 from slt_hydra.machine import Machine, auto_hardware_profile, detect_machine
 from slt_hydra.metrics import perplexity, score_corpus
 from slt_hydra.models import ModelSource, load_model_and_tokenizer, locate_model, peft_config
+from slt_hydra.validate import SCORES
 
 log = logging.getLogger("slt_hydra")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
 
 
 @dataclass
@@ -68,13 +67,17 @@ def run(cfg: DictConfig) -> float:
     if sweep_dir is None:
         prepared = prepare(cfg)
         with tracking.job_run(cfg, None, base_name, tags):
+            tracking.log_config(cfg)
             return execute(cfg, prepared)
 
     parent = tracking.sweep_parent(sweep_dir)
     try:
         with tracking.job_run(cfg, parent, overrides or base_name, tags):
-            tracking.log_config(cfg)
-            return execute(cfg, prepare(cfg), config_logged=True)
+            try:
+                prepared = prepare(cfg)
+            finally:  # a refused job keeps its config too, with hardware=auto resolved if it got that far
+                tracking.log_config(cfg)
+            return execute(cfg, prepared)
     except KeyboardInterrupt:
         raise
     except Exception as error:  # recorded in MLflow by job_run; the basic sweeper would stop on a raise
@@ -158,7 +161,7 @@ def sft_config(cfg: DictConfig, output_dir: Path):
     )
 
 
-def execute(cfg: DictConfig, prepared: Prepared, config_logged: bool = False) -> float:
+def execute(cfg: DictConfig, prepared: Prepared) -> float:
     import mlflow
     import torch
     from transformers import EarlyStoppingCallback, set_seed
@@ -172,8 +175,6 @@ def execute(cfg: DictConfig, prepared: Prepared, config_logged: bool = False) ->
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    if not config_logged:
-        tracking.log_config(cfg)
     mlflow.set_tags({
         "model": cfg.model.name, "model_family": cfg.model.family, "params_b": str(cfg.model.params_b),
         "precision": validate.weights_kind(cfg), "quant": cfg.quant.name, "hardware": cfg.hardware.name,
@@ -195,31 +196,31 @@ def execute(cfg: DictConfig, prepared: Prepared, config_logged: bool = False) ->
 
     batch_size = cfg.generate.batch_size or cfg.hardware.per_device_eval_batch_size
     splits = prepared.splits
+    logged: dict[str, float] = {}  # every result metric, so the objective is whichever one was asked for
 
-    def translate_and_score(split: str, prefix: str) -> tuple[list[str], dict]:
+    def log_metrics(values: dict[str, float]) -> None:
+        logged.update(values)
+        mlflow.log_metrics(values)
+
+    def translate_and_score(generator, split: str, prefix: str) -> list[str]:
         from slt_hydra.translate import translate
 
         t0 = time.perf_counter()
         examples = splits[split]
-        hypotheses = translate(model_for_generation(), tokenizer, [e.source for e in examples], cfg.dataset,
-                               cfg.generate, batch_size)
+        hypotheses = translate(generator, tokenizer, [e.source for e in examples], cfg.dataset, cfg.generate,
+                               batch_size)
         seconds = time.perf_counter() - t0
         scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
                               lowercase=cfg.dataset.lowercase)
-        mlflow.log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
-        mlflow.log_metric(f"{prefix}{split}_translations_per_second", len(examples) / seconds)
+        log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
+        log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})
         mlflow.set_tag("bleu_signature", scores["bleu_signature"])
         log.info("%s%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", prefix, split,
                  scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
-        return hypotheses, scores
+        return hypotheses
 
     # Zero-shot: the same model before training, on the test split (the before/after comparison).
-    trainer = None
-
-    def model_for_generation():
-        return trainer.model if trainer is not None else model
-
-    zero_shot = translate_and_score("test", "zeroshot_")[0] if cfg.eval.zero_shot else None
+    zero_shot = translate_and_score(model, "test", "zeroshot_") if cfg.eval.zero_shot else None
 
     # Train: TRL SFT on prompt-completion conversations, loss on the completion only.
     evaluate_dev = cfg.train.eval_strategy != "no"
@@ -235,38 +236,34 @@ def execute(cfg: DictConfig, prepared: Prepared, config_logged: bool = False) ->
         peft_config=peft_config(cfg.lora),
         callbacks=callbacks,
     )
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    mlflow.set_tag("trainable_params", str(trainable))
+    mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     if evaluate_dev:  # dev loss before training (fresh LoRA adapters are a no-op): the other before/after
-        zero_shot_loss = trainer.evaluate()["eval_loss"]
-        mlflow.log_metrics({"zeroshot_dev_loss": zero_shot_loss, "zeroshot_dev_perplexity": perplexity(zero_shot_loss)})
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
     result = trainer.train()
     train_seconds = result.metrics["train_runtime"]
     tokens = trainer.state.num_input_tokens_seen
-    mlflow.log_metrics({
+    log_metrics({
         "train_seconds": train_seconds,
         "train_tokens": tokens,
         "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
         "train_loss_final": result.training_loss,
     })
-    if evaluate_dev:
-        dev_loss = trainer.evaluate()["eval_loss"]
-        mlflow.log_metrics({"dev_loss": dev_loss, "dev_perplexity": perplexity(dev_loss)})
+    if evaluate_dev:  # with load_best_model_at_end, this is the best checkpoint's
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
 
     # Translate and score the requested splits with the trained model.
-    results = {}
     for split in cfg.eval.splits:
-        hypotheses, scores = translate_and_score(split, "")
-        results[split] = scores
+        hypotheses = translate_and_score(trainer.model, split, "")
         path = output_dir / f"predictions_{split}.csv"
         write_predictions(path, splits[split], hypotheses, zero_shot if split == "test" else None)
         mlflow.log_artifact(str(path), "predictions")
-    if "test" in results and zero_shot is not None:
-        test_examples = splits["test"]
-        mlflow.log_table({"source": [e.source for e in test_examples], "reference": [e.target for e in test_examples],
-                          "zero_shot": zero_shot,
-                          "fine_tuned": [row for row in _read_column(output_dir / "predictions_test.csv")]},
-                         artifact_file="predictions/test_table.json")
+        if split == "test":  # shown side by side in the UI's artifact view
+            mlflow.log_table({"source": [e.source for e in splits[split]],
+                              "reference": [e.target for e in splits[split]],
+                              "fine_tuned": hypotheses, **({"zero_shot": zero_shot} if zero_shot else {})},
+                             artifact_file="predictions/test_table.json")
 
     # The adapter (or the full model, without LoRA) and its tokenizer.
     adapter_dir = output_dir / ("adapter" if cfg.lora.enabled else "model")
@@ -276,13 +273,7 @@ def execute(cfg: DictConfig, prepared: Prepared, config_logged: bool = False) ->
         mlflow.log_artifacts(str(adapter_dir), "adapter")
 
     wall = time.perf_counter() - started
-    mlflow.log_metrics({"wall_seconds": wall, "peak_memory_gb": peak_memory_gb(cfg.hardware.device)})
-    split, _, metric = cfg.eval.objective.partition("_")
-    objective = results[split]["perplexity"] if metric == "perplexity" else results[split][metric]
+    log_metrics({"wall_seconds": wall, "peak_memory_gb": peak_memory_gb(cfg.hardware.device)})
+    objective = logged[cfg.eval.objective]
     log.info("done in %.0fs; %s = %.2f; outputs in %s", wall, cfg.eval.objective, objective, output_dir)
     return float(objective)
-
-
-def _read_column(path: Path, column: str = "hypothesis") -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [row[column] for row in csv.DictReader(handle)]

@@ -67,7 +67,7 @@ class HardwareConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    format: str = "jsonl"  # jsonl | csv | tsv | parallel
+    format: str = "jsonl"  # jsonl | csv | tsv | parallel | hub
     path: Optional[str] = None  # directory that holds the split files
     splits: Dict[str, Any] = field(default_factory=dict)  # split -> file (parallel: {source: F, target: F})
     source_field: str = "source"  # column / key holding the gloss
@@ -84,6 +84,9 @@ class DatasetConfig:
     prompt: str = "Translate from {source_lang} to {target_lang}:\n{source}"
     tokenize: str = "13a"  # sacrebleu tokenizer for scoring: 13a | zh | intl | none | ...
     lowercase: bool = False  # lowercase hypotheses and references before scoring
+    hub_id: Optional[str] = None  # format=hub: Hugging Face Hub dataset id (OWNER/NAME); downloaded only when online
+    hub_config: Optional[str] = None  # format=hub: the subset (load_dataset's second argument); null = the default
+    hub_revision: Optional[str] = None  # format=hub: commit, tag or branch; null = the main branch
 
 
 @dataclass

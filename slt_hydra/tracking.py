@@ -155,8 +155,10 @@ class MlflowSweepCallback(Callback):
     """Parent run per multirun: created before the first job, closed with counts and the best child."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
         from mlflow.tracking import MlflowClient
 
+        HydraConfig.instance().set_config(config)  # so ${hydra:runtime.cwd} in the store's URI resolves here too
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         experiment_id = use_store(config.mlflow.tracking_uri, config.mlflow.experiment_name)

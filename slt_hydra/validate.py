@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from slt_hydra.machine import Machine
 from slt_hydra.tracking import SECRET_KEY
 
-METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf", "perplexity")
+SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
 
 # Bytes per weight, coarse: NF4 + double-quantized block scales, int8 + scales, 16-bit, 32-bit.
 WEIGHT_BYTES = {"4bit": 0.56, "8bit": 1.06, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
@@ -138,11 +138,13 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
         problems.append(f"generate.top_p={gen.top_p} must be in (0, 1].")
 
     # What the sweepers optimize must be something the run computes.
-    split, _, metric = str(cfg.eval.objective).partition("_")
-    if split not in cfg.eval.splits or metric not in METRICS:
+    computed = {f"{split}_{score}" for split in cfg.eval.splits for score in SCORES}
+    if train.eval_strategy != "no":
+        computed |= {"dev_loss", "dev_perplexity"}
+    if cfg.eval.objective not in computed:
         problems.append(
-            f"eval.objective={cfg.eval.objective} is not computed: use <split>_<metric> with split in "
-            f"eval.splits {list(cfg.eval.splits)} and metric in {list(METRICS)} (e.g. dev_bleu4)."
+            f"eval.objective={cfg.eval.objective} is not computed: use <split>_<score> with split in "
+            f"eval.splits {list(cfg.eval.splits)} and score in {list(SCORES)} (e.g. dev_bleu4), or dev_loss."
         )
 
     # Will it fit? (coarse; counted in GB of RAM on CPU, of GPU memory on CUDA)

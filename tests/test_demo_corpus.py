@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the tests also run from outside the repository root
-    sys.path.insert(0, str(ROOT))
+from slt_hydra import demo_corpus
 
-from slt_hydra import demo_corpus  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_DIR = ROOT / "slt_hydra" / "resources" / "demo"
 SPLITS = ("train", "dev", "test")
