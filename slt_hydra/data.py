@@ -579,22 +579,29 @@ def _langs(cfg: Any) -> Tuple[str, str]:
     return source_lang, target_lang
 
 
-def build_messages(source: str, cfg: Any) -> List[Dict[str, str]]:
-    """The chat prompt for one source sentence: [system], user."""
+def build_messages(source: str, cfg: Any, shots: Sequence[Example] = ()) -> List[Dict[str, str]]:
+    """The chat prompt for one source sentence: [system], then k demonstration turns
+    (user: a shot's source, assistant: its target) for few-shot evaluation, then the user turn."""
     source_lang, target_lang = _langs(cfg)
     template = _get(cfg, "prompt")
-    try:
-        user = template.format(source=source, source_lang=source_lang, target_lang=target_lang)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise DataError(
-            f"dataset.prompt={template!r} is not a valid template ({type(exc).__name__}: {exc}); use only "
-            "{source}, {source_lang} and {target_lang}, and write literal braces as {{ }}"
-        ) from exc
+
+    def user_turn(text: str) -> Dict[str, str]:
+        try:
+            content = template.format(source=text, source_lang=source_lang, target_lang=target_lang)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"dataset.prompt={template!r} is not a valid template ({type(exc).__name__}: {exc}); use only "
+                "{source}, {source_lang} and {target_lang}, and write literal braces as {{ }}"
+            ) from exc
+        return {"role": "user", "content": content}
+
     messages: List[Dict[str, str]] = []
     system = _get(cfg, "system_prompt")
     if system is not None:
         messages.append({"role": "system", "content": str(system)})
-    messages.append({"role": "user", "content": user})
+    for shot in shots:
+        messages += [user_turn(shot.source), {"role": "assistant", "content": shot.target}]
+    messages.append(user_turn(source))
     return messages
 
 

@@ -51,6 +51,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     if problems:
         raise SetupError("this experiment cannot run as configured:\n  - " + "\n  - ".join(problems))
     splits, counts = load_splits(cfg.dataset)
+    if cfg.eval.adapter and not (Path(cfg.eval.adapter).expanduser() / "adapter_config.json").is_file():
+        raise SetupError(f"eval.adapter={cfg.eval.adapter} is not a LoRA adapter directory (no adapter_config.json):"
+                         " point it at a run's adapter/ folder, e.g. outputs/DATE/TIME_MODEL_QUANT/adapter.")
     source = locate_model(cfg.model, cfg.cache_dir)
     if source.local:  # nothing below needs the Hub: make sure nothing tries
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -85,8 +88,12 @@ def run(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def reset_peak_memory() -> None:
-    """Per-job peak RSS even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
+def reset_peak_memory(device: str) -> None:
+    """Per-job peaks even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -168,7 +175,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     from trl import SFTTrainer
 
     started = time.perf_counter()
-    reset_peak_memory()
+    reset_peak_memory(cfg.hardware.device)
     set_seed(cfg.train.seed)
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
@@ -202,13 +209,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         logged.update(values)
         mlflow.log_metrics(values)
 
-    def translate_and_score(generator, split: str, prefix: str) -> list[str]:
+    def translate_and_score(generator, split: str, prefix: str, shots_for=None) -> list[str]:
         from slt_hydra.translate import translate
 
         t0 = time.perf_counter()
         examples = splits[split]
         hypotheses = translate(generator, tokenizer, [e.source for e in examples], cfg.dataset, cfg.generate,
-                               batch_size)
+                               batch_size, shots_for=shots_for)
         seconds = time.perf_counter() - t0
         scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
                               lowercase=cfg.dataset.lowercase)
@@ -218,6 +225,40 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         log.info("%s%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", prefix, split,
                  scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
         return hypotheses
+
+    def score_splits(generator, zero_shot: list[str] | None = None, shots_for=None) -> None:
+        for split in cfg.eval.splits:
+            hypotheses = translate_and_score(generator, split, "", shots_for)
+            path = output_dir / f"predictions_{split}.csv"
+            write_predictions(path, splits[split], hypotheses, zero_shot if split == "test" else None)
+            mlflow.log_artifact(str(path), "predictions")
+            if split == "test":  # shown side by side in the UI's artifact view
+                mlflow.log_table({"source": [e.source for e in splits[split]],
+                                  "reference": [e.target for e in splits[split]],
+                                  "hypothesis": hypotheses, **({"zero_shot": zero_shot} if zero_shot else {})},
+                                 artifact_file="predictions/test_table.json")
+
+    def finish() -> float:
+        wall = time.perf_counter() - started
+        log_metrics({"wall_seconds": wall, "peak_memory_gb": peak_memory_gb(cfg.hardware.device)})
+        objective = logged[cfg.eval.objective]
+        log.info("done in %.0fs; %s = %.2f; outputs in %s", wall, cfg.eval.objective, objective, output_dir)
+        return float(objective)
+
+    if cfg.eval.only:  # score the base model, or a saved adapter, with k-shot prompts if asked
+        from slt_hydra.fewshot import shot_picker
+
+        mlflow.set_tags({"mode": "eval_only", "shots": str(cfg.eval.shots),
+                         "shot_selection": cfg.eval.shot_selection, "adapter": str(cfg.eval.adapter)})
+        generator = model
+        if cfg.eval.adapter:
+            from peft import PeftModel
+
+            generator = PeftModel.from_pretrained(model, str(Path(cfg.eval.adapter).expanduser()))
+        score_splits(generator, shots_for=shot_picker(splits["train"], cfg.eval.shots, cfg.eval.shot_selection,
+                                                      cfg.train.seed))
+        return finish()
+    mlflow.set_tag("mode", "train")
 
     # Zero-shot: the same model before training, on the test split (the before/after comparison).
     zero_shot = translate_and_score(model, "test", "zeroshot_") if cfg.eval.zero_shot else None
@@ -254,16 +295,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
 
     # Translate and score the requested splits with the trained model.
-    for split in cfg.eval.splits:
-        hypotheses = translate_and_score(trainer.model, split, "")
-        path = output_dir / f"predictions_{split}.csv"
-        write_predictions(path, splits[split], hypotheses, zero_shot if split == "test" else None)
-        mlflow.log_artifact(str(path), "predictions")
-        if split == "test":  # shown side by side in the UI's artifact view
-            mlflow.log_table({"source": [e.source for e in splits[split]],
-                              "reference": [e.target for e in splits[split]],
-                              "fine_tuned": hypotheses, **({"zero_shot": zero_shot} if zero_shot else {})},
-                             artifact_file="predictions/test_table.json")
+    score_splits(trainer.model, zero_shot)
 
     # The adapter (or the full model, without LoRA) and its tokenizer.
     adapter_dir = output_dir / ("adapter" if cfg.lora.enabled else "model")
@@ -272,8 +304,4 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     if cfg.mlflow.log_adapter and cfg.lora.enabled:
         mlflow.log_artifacts(str(adapter_dir), "adapter")
 
-    wall = time.perf_counter() - started
-    log_metrics({"wall_seconds": wall, "peak_memory_gb": peak_memory_gb(cfg.hardware.device)})
-    objective = logged[cfg.eval.objective]
-    log.info("done in %.0fs; %s = %.2f; outputs in %s", wall, cfg.eval.objective, objective, output_dir)
-    return float(objective)
+    return finish()

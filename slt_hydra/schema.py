@@ -130,6 +130,10 @@ class EvalConfig:
     zero_shot: bool = True  # translate the test split with the untrained model first (before/after)
     splits: List[str] = field(default_factory=lambda: ["dev", "test"])  # splits translated after training
     objective: str = "dev_bleu4"  # metric returned to sweepers
+    only: bool = False  # true: no training; score the base model (or eval.adapter) on eval.splits
+    adapter: Optional[str] = None  # a trained LoRA adapter directory to score (with eval.only=true)
+    shots: int = 0  # k-shot prompts in eval.only runs: k train pairs as demonstration turns
+    shot_selection: str = "random"  # random (seeded per source) | similar (most gloss tokens in common)
 
 
 @dataclass

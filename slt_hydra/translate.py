@@ -1,24 +1,39 @@
-"""Batched translation with the model's chat template: greedy by default, beam or sampling on request."""
+"""Batched translation with the model's chat template: greedy by default, beam or sampling on request.
+
+Also a command line that reloads a trained run (its base model as the run loaded it + its LoRA adapter) and
+translates a file, stdin, or line by line:  python -m slt_hydra.translate --help
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from slt_hydra.data import build_messages
+from slt_hydra.data import Example, build_messages
+from slt_hydra.errors import SetupError
 
 
 def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig, generate_cfg: DictConfig,
-              batch_size: int) -> list[str]:
+              batch_size: int, shots_for: Callable[[str], Sequence[Example]] | None = None) -> list[str]:
     """Translate ``sources`` in batches; returns one string per source, in order.
 
     Prompts are left-padded (decoder-only models continue from the right edge) and sorted by
-    length so each batch pads little; the KV cache is on (generate's default).
+    length so each batch pads little; the KV cache is on (generate's default). ``shots_for`` gives
+    each source its k-shot demonstration pairs (evaluation-only runs).
     """
     import torch
 
     prompts = [
-        tokenizer.apply_chat_template(build_messages(src, dataset_cfg), add_generation_prompt=True, tokenize=False)
+        tokenizer.apply_chat_template(build_messages(src, dataset_cfg, shots_for(src) if shots_for else ()),
+                                      add_generation_prompt=True, tokenize=False)
         for src in sources
     ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -48,3 +63,444 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return outputs
+
+
+# --------------------------------------------------------------------------- command line
+#
+# python -m slt_hydra.translate: reload a trained adapter on its base model (as the run loaded it) and
+# translate a file, stdin, or interactively. slt_hydra.merge reuses the run-resolving helpers below.
+
+PROG = "python -m slt_hydra.translate"
+CONFIG_GROUPS = ("model", "quant", "hardware", "dataset", "generate", "lora", "cache_dir")
+PROMPT = "gloss> "
+
+
+class CliError(SetupError):
+    """A bad command line or a run that cannot be reloaded; printed as one line, exit status 2."""
+
+
+@dataclass
+class AdapterRun:
+    """What a trained run left that inference needs: its config groups and its adapter folder."""
+
+    cfg: DictConfig  # model, quant, hardware, dataset, generate, lora, cache_dir (unresolved: read lazily)
+    adapter_dir: Path
+    origin: str  # where it came from, for messages
+    notes: list[str] = field(default_factory=list)  # things the user should know (printed on stderr)
+    _tmp: str | None = None  # downloaded MLflow artifacts, removed by cleanup()
+
+    def cleanup(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run-dir | --run-id [--tracking-uri] | --adapter [--base]: where the trained adapter comes from."""
+    group = parser.add_argument_group("which trained adapter (exactly one of --run-dir, --run-id, --adapter)")
+    which = group.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-dir", metavar="DIR", type=Path,
+                       help="a run's output directory (hydra.run.dir): uses DIR/.hydra/config.yaml and DIR/adapter")
+    which.add_argument("--run-id", metavar="ID",
+                       help="an MLflow run id: downloads its config.yaml and adapter/ artifacts")
+    which.add_argument("--adapter", metavar="DIR", type=Path,
+                       help="a PEFT adapter folder (adapter_config.json); with --base")
+    group.add_argument("--base", metavar="MODEL_DIR", type=Path,
+                       help="with --adapter: the base model folder (default: the adapter's base_model_name_or_path "
+                            "when that is a local folder)")
+    group.add_argument("--tracking-uri", metavar="URI",
+                       help="with --run-id: the MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                            "sqlite:///$PWD/mlflow.db)")
+
+
+def _check_adapter_dir(adapter_dir: Path, what: str) -> None:
+    if (adapter_dir / "adapter_config.json").is_file():
+        return
+    full = adapter_dir.parent / "model"
+    if full.is_dir() and (full / "config.json").is_file():
+        raise CliError(f"{what}: no LoRA adapter at {adapter_dir}, but {full} holds a fully fine-tuned model "
+                       "(lora.enabled=false): load it directly with AutoModelForCausalLM.from_pretrained")
+    if not adapter_dir.exists():
+        raise CliError(f"{what}: adapter folder {adapter_dir} does not exist")
+    raise CliError(f"{what}: {adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+
+
+def _load_yaml(path: Path, what: str) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # yaml or OmegaConf syntax errors
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CliError(f"{what}: cannot read {path} ({type(error).__name__}: {first})") from error
+    missing = [g for g in CONFIG_GROUPS if g not in cfg]
+    if missing:
+        raise CliError(f"{what}: {path} lacks the config group(s) {missing}: is it a slt_hydra run config?")
+    return OmegaConf.masked_copy(cfg, list(CONFIG_GROUPS))
+
+
+def _absolute_model_path(cfg: DictConfig, launch_dir: str | None) -> None:
+    """A relative model.path was relative to where the run was launched: make it absolute."""
+    path = cfg.model.get("path")
+    if path and launch_dir and not Path(os.path.expandvars(str(path))).expanduser().is_absolute():
+        cfg.model.path = str(Path(launch_dir) / os.path.expandvars(str(path)))
+
+
+def _from_run_dir(run_dir: Path) -> AdapterRun:
+    from omegaconf import OmegaConf
+
+    what = f"--run-dir {run_dir}"
+    if not run_dir.is_dir():
+        raise CliError(f"{what}: no such directory (give the hydra.run.dir of a finished `python -m slt_hydra` run)")
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise CliError(f"{what}: {config} not found: not the output directory of a `python -m slt_hydra` run")
+    _check_adapter_dir(run_dir / "adapter", what)
+    cfg = _load_yaml(config, what)
+    launch_dir = None
+    try:
+        launch_dir = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+    except Exception:  # no hydra.yaml, or unreadable: a relative model.path then stays relative to $PWD
+        pass
+    _absolute_model_path(cfg, launch_dir)
+    return AdapterRun(cfg, run_dir / "adapter", f"run directory {run_dir}")
+
+
+def default_tracking_uri(explicit: str | None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _from_run_id(run_id: str, tracking_uri: str | None) -> AdapterRun:
+    import logging
+
+    uri = default_tracking_uri(tracking_uri)
+    what = f"--run-id {run_id}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise CliError(f"{what}: no MLflow store at {uri} (the file does not exist); pass --tracking-uri URI "
+                       "or set MLFLOW_TRACKING_URI")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Updating database tables" chatter
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException as error:
+        raise CliError(f"{what}: no such run in the MLflow store {uri} ({str(error).splitlines()[0]})") from error
+    tmp = tempfile.mkdtemp(prefix="slt_hydra_run_")
+    try:
+        try:
+            config = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml",
+                                                         dst_path=tmp, tracking_uri=uri)
+        except (MlflowException, OSError) as error:
+            raise CliError(f"{what}: the run has no config.yaml artifact ({str(error).splitlines()[0]}); "
+                           "was it made by `python -m slt_hydra`?") from error
+        try:
+            adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter",
+                                                          dst_path=tmp, tracking_uri=uri)
+        except (MlflowException, OSError) as error:
+            status = run.data.tags.get("slt.status", run.info.status)
+            raise CliError(f"{what}: the run ({status}) has no adapter/ artifact: it was trained with "
+                           "mlflow.log_adapter=false or lora.enabled=false, or ended before saving; use "
+                           "--run-dir on its output directory instead") from error
+        cfg = _load_yaml(Path(config), what)
+        _check_adapter_dir(Path(adapter), what)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return AdapterRun(cfg, Path(adapter), f"MLflow run {run_id} ({uri})", _tmp=tmp)
+
+
+def _compose_defaults() -> DictConfig:
+    """The default experiment's config (conf/config.yaml): its prompt, generation and hardware settings."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from slt_hydra.run import CONF_DIR
+    from slt_hydra.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["model=local"])
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _from_adapter(adapter_dir: Path, base: Path | None) -> AdapterRun:
+    import json
+
+    from omegaconf import OmegaConf
+
+    what = f"--adapter {adapter_dir}"
+    _check_adapter_dir(adapter_dir, what)
+    if base is None:
+        try:
+            recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError) as error:
+            raise CliError(f"{what}: unreadable adapter_config.json ({error})") from error
+        if not recorded or not Path(recorded).is_dir():
+            raise CliError(f"{what}: pass --base MODEL_DIR (the adapter names its base as {recorded!r}, "
+                           "which is not a local folder)")
+        base = Path(recorded)
+    notes = []
+    run_config = adapter_dir.parent / ".hydra" / "config.yaml"
+    if run_config.is_file():  # the adapter of a run directory: keep the run's prompt, quantization, hardware
+        cfg = _load_yaml(run_config, what)
+    else:
+        cfg = OmegaConf.masked_copy(_compose_defaults(), list(CONFIG_GROUPS))
+        notes.append("no run config next to the adapter: using the default experiment's prompt and generation "
+                     "settings, base weights unquantized (use --run-dir or --run-id to reload a run as trained)")
+    for key, value in {"name": "local", "hub_id": None, "gguf": None, "revision": None,
+                       "path": str(base.expanduser().absolute())}.items():
+        cfg.model[key] = value
+    return AdapterRun(cfg, adapter_dir, f"adapter {adapter_dir} on {base}", notes)
+
+
+def resolve_run(args: argparse.Namespace) -> AdapterRun:
+    """The run named on the command line; CliError if it cannot be found. Loads no model."""
+    if args.base is not None and args.adapter is None:
+        raise CliError("--base only goes with --adapter (a run's config names its own base model)")
+    if args.tracking_uri is not None and args.run_id is None:
+        raise CliError("--tracking-uri only goes with --run-id")
+    if args.run_dir is not None:
+        return _from_run_dir(args.run_dir)
+    if args.run_id is not None:
+        return _from_run_id(args.run_id, args.tracking_uri)
+    return _from_adapter(args.adapter, args.base)
+
+
+def fit_hardware(run: AdapterRun) -> None:
+    """hardware=auto -> this machine's profile; a CUDA run reloaded where there is no CUDA -> the cpu profile."""
+    from omegaconf import OmegaConf
+
+    from slt_hydra.machine import detect_machine
+    from slt_hydra.run import CONF_DIR, resolve_hardware
+
+    machine = detect_machine()
+    resolve_hardware(run.cfg, machine)
+    if run.cfg.hardware.device == "cuda" and not machine.cuda:
+        run.notes.append(f"the run used hardware={run.cfg.hardware.name} (CUDA) and this machine has no CUDA "
+                         "device: loading on CPU with the cpu profile")
+        run.cfg.hardware = OmegaConf.merge(run.cfg.hardware, OmegaConf.load(CONF_DIR / "hardware" / "cpu.yaml"))
+
+
+def quiet_loading() -> None:
+    """No per-tensor 'Loading weights' bars (ours is the one that matters), no v6 deprecation chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer_like_run(run: AdapterRun, tokenizer):
+    """The tokenizer the run saved beside its adapter (what it trained and translated with), else the base's."""
+    if not (run.adapter_dir / "tokenizer_config.json").is_file():
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(str(run.adapter_dir), local_files_only=True)
+    if saved.pad_token is None:
+        saved.pad_token = tokenizer.pad_token or saved.eos_token
+    return saved
+
+
+def load_adapted_model(run: AdapterRun):
+    """Base model exactly as the run loaded it (quantization, dtype, device) + the trained adapter."""
+    from peft import PeftModel
+
+    from slt_hydra.models import load_model_and_tokenizer, locate_model
+
+    source = locate_model(run.cfg.model, run.cfg.cache_dir)
+    if source.local:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if run.cfg.hardware.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(run.cfg.hardware.torch_threads)
+    base, tokenizer = load_model_and_tokenizer(run.cfg, source)
+    model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+    model.eval()
+    return model, load_tokenizer_like_run(run, tokenizer)
+
+
+def one_line(text: str) -> str:
+    """A translation as one output line (a model can emit newlines)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def read_input(path: str) -> list[str]:
+    """One gloss sequence per line ('-' = stdin); CliError when there is nothing to translate."""
+    from slt_hydra.data import _lines, _read_text
+
+    if path == "-":
+        lines = _lines(sys.stdin.read())
+        where = "stdin"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise CliError(f"--input {path}: no such file")
+        lines = _lines(_read_text(file))
+        where = str(file)
+    if not any(line.strip() for line in lines):
+        raise CliError(f"empty input: {where} holds no gloss sequence (one per line)")
+    return lines
+
+
+def translate_lines(model, tokenizer, lines: list[str], cfg: DictConfig, batch_size: int) -> list[str]:
+    """translate() over all non-blank lines with a progress bar; a blank line gives a blank output line.
+
+    Sources are ordered the way translate() orders them (by prompt length) before they are cut into
+    batches, so the batches, and so the outputs, are the same as one translate() call over everything.
+    """
+    from tqdm import tqdm
+
+    wanted = [i for i, line in enumerate(lines) if line.strip()]
+    sources = [lines[i].strip() for i in wanted]
+    lengths = [len(tokenizer.apply_chat_template(build_messages(s, cfg.dataset), add_generation_prompt=True,
+                                                 tokenize=False)) for s in sources]
+    order = sorted(range(len(sources)), key=lambda i: lengths[i])
+    outputs = [""] * len(lines)
+    with tqdm(total=len(sources), desc="translating", unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            texts = translate(model, tokenizer, [sources[i] for i in batch], cfg.dataset, cfg.generate, batch_size)
+            for i, text in zip(batch, texts):
+                outputs[wanted[i]] = one_line(text)
+            bar.update(len(batch))
+    return outputs
+
+
+def interactive(model, tokenizer, cfg: DictConfig) -> None:
+    """Read a gloss sequence, print its translation; an empty line or EOF (Ctrl-D) ends."""
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    if tty:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    print("type a gloss sequence and press Enter; an empty line or Ctrl-D ends", file=sys.stderr, flush=True)
+    while True:
+        if tty:
+            try:
+                line = input(PROMPT)
+            except EOFError:
+                print(file=sys.stderr)
+                break
+        else:  # piped: the prompt goes to stderr so stdout holds only translations
+            print(PROMPT, end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+        if not line.strip():
+            break
+        (text,) = translate(model, tokenizer, [line.strip()], cfg.dataset, cfg.generate, 1)
+        print(one_line(text), flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Translate gloss sequences with a trained slt_hydra adapter, on its base model loaded as the "
+                    "run loaded it (same quantization and dtype) and with the run's prompt and decoding settings.",
+        epilog="modes:\n"
+               "  --input FILE        translate FILE (one gloss sequence per line; '-' = stdin), one translation per\n"
+               "                      line to --output (or stdout); blank lines stay blank; progress on stderr\n"
+               "  (no --input)        stdin a terminal, or --interactive: prompt 'gloss> ', print each translation,\n"
+               "                      stop at an empty line or EOF; stdin piped: translate all of it, as --input -\n"
+               "examples:\n"
+               f"  {PROG} --run-dir outputs/2026-11-22/17-03-54_local_none --input glosses.txt --output en.txt\n"
+               f"  {PROG} --run-id 3f2a... --tracking-uri sqlite:///$PWD/mlflow.db\n"
+               f"  echo 'IX-1 LIKE COFFEE' | {PROG} --adapter run/adapter --base /models/SmolLM2\n"
+               "errors (no such run, adapter or config; empty input) end with one line on stderr and exit status 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(parser)
+    files = parser.add_argument_group("input and output")
+    files.add_argument("--input", metavar="FILE", help="gloss sequences, one per line ('-' = stdin)")
+    files.add_argument("--output", metavar="FILE", help="with --input: where the translations go (default: stdout)")
+    files.add_argument("--interactive", action="store_true", help="read from stdin line by line even when it is piped")
+    gen = parser.add_argument_group("decoding (default: the run's generate and hardware settings)")
+    gen.add_argument("--batch-size", metavar="N", type=positive_int,
+                     help="sentences per generate() call (default: generate.batch_size or the hardware's "
+                          "per_device_eval_batch_size)")
+    gen.add_argument("--max-new-tokens", metavar="N", type=positive_int,
+                     help="longest translation in tokens (default: generate.max_new_tokens)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = None
+    try:
+        if args.output is not None and args.input is None:
+            raise CliError("--output goes with --input (interactive translations are printed)")
+        if args.interactive and args.input is not None:
+            raise CliError("--interactive reads stdin: leave out --input")
+        run = resolve_run(args)
+        from slt_hydra.models import locate_model
+
+        locate_model(run.cfg.model, run.cfg.cache_dir)  # a missing base fails now, not after reading input
+        batch_mode = args.input is not None or not (args.interactive or sys.stdin.isatty())
+        lines = read_input(args.input or "-") if batch_mode else []
+        if args.max_new_tokens is not None:
+            run.cfg.generate.max_new_tokens = args.max_new_tokens
+        fit_hardware(run)
+        for note in run.notes:
+            print(f"note: {note}", file=sys.stderr)
+        quiet_loading()
+        print(f"loading {run.cfg.model.name} ({run.cfg.quant.name}, {run.cfg.hardware.device}) + adapter from "
+              f"{run.origin}", file=sys.stderr, flush=True)
+        model, tokenizer = load_adapted_model(run)
+        if not batch_mode:
+            interactive(model, tokenizer, run.cfg)
+            return 0
+        batch_size = args.batch_size or run.cfg.generate.batch_size or run.cfg.hardware.per_device_eval_batch_size
+        outputs = translate_lines(model, tokenizer, lines, run.cfg, batch_size)
+        text = "".join(line + "\n" for line in outputs)
+        if args.output:
+            out = Path(args.output)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(text, encoding="utf-8", newline="\n")
+            except OSError as error:
+                raise CliError(f"--output {out}: cannot write ({error})") from error
+            print(f"{len(outputs)} translations written to {out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return 0
+    except SetupError as error:
+        print(f"slt_hydra.translate: {error}", file=sys.stderr)
+        return 2
+    except OmegaConfBaseException as error:  # an interpolation in the run's config that cannot be resolved here
+        print(f"slt_hydra.translate: cannot read the run's config: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    finally:
+        if run is not None:
+            run.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

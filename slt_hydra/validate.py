@@ -38,7 +38,9 @@ def estimate_memory_gb(cfg: DictConfig) -> float | None:
         return None
     params = float(cfg.model.params_b) * 1e9
     weights = params * WEIGHT_BYTES[weights_kind(cfg)]
-    if cfg.lora.enabled:
+    if cfg.eval.only:  # no gradients, no optimizer state
+        trainable = 0.0
+    elif cfg.lora.enabled:
         spread = 2.5 if cfg.lora.target_modules == "all-linear" else len(cfg.lora.target_modules) / 4
         trainable = params * 0.01 * (cfg.lora.r / 16) * spread
     else:
@@ -101,7 +103,8 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
             break
 
     # Quantized weights are frozen: only adapters can learn (QLoRA).
-    if (quant.load_in_4bit or quant.load_in_8bit) and not lora.enabled:
+    training = not cfg.eval.only
+    if training and (quant.load_in_4bit or quant.load_in_8bit) and not lora.enabled:
         problems.append(
             f"quant={quant.name} with lora=none: quantized base weights cannot be trained. "
             "Keep an adapter (lora=default) or train full weights unquantized (quant=none)."
@@ -114,20 +117,29 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     if not sources:
         problems.append(f"model={cfg.model.name} names no weights: set model.path=DIR or model.hub_id=ORG/NAME.")
 
+    # Evaluation-only runs: an adapter or k-shot prompts only make sense there.
+    if not cfg.eval.only and (cfg.eval.shots or cfg.eval.adapter):
+        problems.append("eval.shots / eval.adapter apply to evaluation-only runs: add eval.only=true "
+                        "(fine-tuned runs translate with the zero-shot prompt they were trained on).")
+    if cfg.eval.shot_selection not in ("random", "similar"):
+        problems.append(f"eval.shot_selection={cfg.eval.shot_selection}: use random or similar.")
+    if cfg.eval.shots < 0:
+        problems.append(f"eval.shots={cfg.eval.shots} must be >= 0.")
+
     # Training schedule.
-    if train.load_best_model_at_end:
+    if training and train.load_best_model_at_end:
         if train.eval_strategy == "no":
             problems.append("train.load_best_model_at_end=true needs dev evaluation: set train.eval_strategy=epoch "
                             "(or steps), or train.load_best_model_at_end=false.")
         elif train.save_strategy != train.eval_strategy:
             problems.append(f"train.load_best_model_at_end=true needs checkpoints when dev loss is computed: set "
                             f"train.save_strategy={train.eval_strategy} (now {train.save_strategy}).")
-    if train.early_stopping_patience is not None and not train.load_best_model_at_end:
+    if training and train.early_stopping_patience is not None and not train.load_best_model_at_end:
         problems.append("train.early_stopping_patience needs train.load_best_model_at_end=true (it tracks dev loss).")
     for kind in ("eval", "save"):
         if train[f"{kind}_strategy"] == "steps" and not train[f"{kind}_steps"]:
             problems.append(f"train.{kind}_strategy=steps needs train.{kind}_steps=N.")
-    if train.num_train_epochs <= 0 and train.max_steps <= 0:
+    if training and train.num_train_epochs <= 0 and train.max_steps <= 0:
         problems.append("nothing to train: set train.num_train_epochs > 0 or train.max_steps > 0.")
 
     # Generation.
@@ -139,7 +151,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
 
     # What the sweepers optimize must be something the run computes.
     computed = {f"{split}_{score}" for split in cfg.eval.splits for score in SCORES}
-    if train.eval_strategy != "no":
+    if training and train.eval_strategy != "no":
         computed |= {"dev_loss", "dev_perplexity"}
     if cfg.eval.objective not in computed:
         problems.append(

@@ -167,3 +167,25 @@ def test_real_smollm2_end_to_end(tmp_path):
     rows = read_rows(tmp_path / "run" / "predictions_test.csv")
     assert len(rows) == 12 and sum(bool(r["hypothesis"]) for r in rows) >= 10
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_evaluation_only_with_k_shots_scores_an_adapter_without_training(tiny_model, tmp_path):
+    trained = run_app(tiny_args(tiny_model, f"hydra.run.dir={tmp_path / 'trained'}"), tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    adapter = tmp_path / "trained" / "adapter"
+    result = run_app(["--multirun", *tiny_args(tiny_model, "eval.only=true", f"eval.adapter={adapter}",
+                                               "eval.shots=0,2", "eval.shot_selection=similar",
+                                               f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
+    children = {r.data.params["eval.shots"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"0", "2"}
+    for shots, child in children.items():
+        assert child.info.status == "FINISHED" and child.data.tags["mode"] == "eval_only"
+        assert child.data.tags["shots"] == shots and "test_bleu4" in child.data.metrics
+        assert "train_seconds" not in child.data.metrics and "loss" not in child.data.metrics  # nothing trained
+    for job in ("0", "1"):
+        assert not (tmp_path / "sweep" / job / "adapter").exists()
+        assert len(read_rows(tmp_path / "sweep" / job / "predictions_test.csv")) == 4
