@@ -17,6 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 from slt_hydra.errors import SetupError
 
 
+# For tokenizers that ship no chat template (base models such as Llama-2-7b, Mistral-7B-v0.1, phi-2):
+# system text, then "### Input:" / "### Translation:" blocks; a completion ends with the EOS token.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### Input:\n{{ message['content'] }}\n\n"
+    "{% else %}### Translation:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Translation:\n{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     kind: str  # "path" (a local directory), "gguf" (embedded, to convert), "hub" (HF id)
@@ -196,6 +208,8 @@ def load_model_and_tokenizer(cfg: DictConfig, source: ModelSource):
     common = dict(revision=cfg.model.revision if source.kind == "hub" else None,
                   trust_remote_code=cfg.model.trust_remote_code, local_files_only=source.local)
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    if not tokenizer.chat_template:  # base models: a plain instruction layout, so prompts and TRL's loss mask work
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 

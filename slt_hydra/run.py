@@ -35,18 +35,36 @@ class Prepared:
     source: ModelSource
 
 
-def resolve_hardware(cfg: DictConfig, machine: Machine) -> None:
-    """Replace hardware=auto by the profile that fits this machine (cpu, gpu_16gb, ...)."""
+def command_line_overrides() -> list[str]:
+    """The running Hydra job's overrides (``lora.r=8`` ...), empty outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def resolve_hardware(cfg: DictConfig, machine: Machine, overrides: list[str] | None = None) -> None:
+    """Replace hardware=auto by the profile that fits this machine (cpu, gpu_16gb, ...).
+
+    ``hardware.KEY=VALUE`` overrides from the command line still win over the chosen profile."""
     if cfg.hardware.name != "auto":
         return
-    profile = OmegaConf.load(CONF_DIR / "hardware" / f"{auto_hardware_profile(machine)}.yaml")
-    cfg.hardware = OmegaConf.merge(cfg.hardware, profile)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hardware = OmegaConf.merge(cfg.hardware,
+                               OmegaConf.load(CONF_DIR / "hardware" / f"{auto_hardware_profile(machine)}.yaml"))
+    mine = [o for o in (command_line_overrides() if overrides is None else overrides)
+            if o.lstrip("+~").startswith("hardware.")]
+    for override in OverridesParser.create().parse_overrides(mine):
+        OmegaConf.update(hardware, override.key_or_group.removeprefix("hardware."), override.value(), merge=True)
+    cfg.hardware = hardware
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     """All checks that need no model: raise one SetupError listing every problem found."""
     machine = detect_machine()
     resolve_hardware(cfg, machine)
+    from slt_hydra.plan import resolve_auto_quant  # quant=auto -> the highest precision whose memory plan fits
+    resolve_auto_quant(cfg, machine)
     problems = validate.check(cfg, machine)
     if problems:
         raise SetupError("this experiment cannot run as configured:\n  - " + "\n  - ".join(problems))
@@ -75,7 +93,7 @@ def run(cfg: DictConfig) -> float:
 
     parent = tracking.sweep_parent(sweep_dir)
     try:
-        with tracking.job_run(cfg, parent, overrides or base_name, tags):
+        with tracking.job_run(cfg, parent, (overrides or base_name)[:200], tags):
             try:
                 prepared = prepare(cfg)
             finally:  # a refused job keeps its config too, with hardware=auto resolved if it got that far

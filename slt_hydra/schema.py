@@ -15,6 +15,43 @@ from omegaconf import MISSING
 
 
 @dataclass
+class ArchConfig:
+    """Architecture numbers from the model's config.json: the planner (``slt_hydra/plan.py``) counts
+    parameters, LoRA sizes and activations from them, with no download."""
+
+    num_layers: int = MISSING  # num_hidden_layers
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING  # MLP width (per expert for MoE)
+    num_attention_heads: int = MISSING
+    num_key_value_heads: Optional[int] = None  # null = num_attention_heads (no GQA)
+    head_dim: Optional[int] = None  # null = hidden_size / num_attention_heads (Gemma: 256)
+    vocab_size: int = MISSING
+    tie_word_embeddings: bool = False  # lm_head shares the embedding matrix
+    max_position_embeddings: Optional[int] = None
+    num_experts: Optional[int] = None  # MoE: experts per layer (Mixtral: 8); null = dense MLP
+    experts_per_token: Optional[int] = None  # MoE: experts each token is routed to (Mixtral: 2)
+    mlp: str = "gated"  # gated: gate/up/down, 3 matrices (SwiGLU/GeGLU) | plain: fc1/fc2, 2 matrices (Phi-2)
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2, Phi-2)
+    o_bias: bool = False  # bias on the attention output projection (Phi-2's dense)
+    mlp_bias: bool = False  # biases on the MLP matrices (Phi-2's fc1/fc2)
+    lm_head_bias: bool = False  # bias on the output head (Phi-2)
+    norm: str = "rmsnorm"  # rmsnorm (a weight) | layernorm (weight + bias, Phi-2)
+    norms_per_layer: int = 2  # Gemma-2: 4 (pre/post attention and MLP); Phi-2: 1 (parallel attention + MLP)
+    fused_qkv: bool = False  # one qkv_proj Linear instead of q/k/v_proj (Phi-3)
+    fused_gate_up: bool = False  # one gate_up_proj Linear instead of gate/up_proj (Phi-3)
+
+
+@dataclass
+class RecommendedConfig:
+    """The guides' LoRA settings for a model of this size, as data (apply with lora.r=... etc.)."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # or "all-linear"
+    learning_rate: float = 2e-4
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # config name, used in tags and run names
     hub_id: Optional[str] = None  # Hugging Face Hub id; loaded from the local cache only when offline
@@ -26,6 +63,10 @@ class ModelConfig:
     chat_template: bool = True  # the tokenizer ships a chat template (else a plain prompt is used)
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trust_remote_code: bool = False
+    template_family: Optional[str] = None  # chat format: chatml | llama3 | llama2 | mistral | gemma | phi3 | none
+    reasoning: bool = False  # a reasoning model (long thinking before answering): warned about, not refused
+    arch: Optional[ArchConfig] = None  # config.json numbers for the memory planner; null = coarse estimate
+    recommended: Optional[RecommendedConfig] = None  # the guides' LoRA rank/alpha/targets and learning rate
 
 
 @dataclass

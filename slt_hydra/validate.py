@@ -6,12 +6,17 @@ Single runs raise them as one SetupError; sweep jobs record them in MLflow and m
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from slt_hydra import plan as planner
 from slt_hydra.machine import Machine
+from slt_hydra.plan import weights_kind  # noqa: F401  (re-exported: 4bit | 8bit | float32 | float16 | bfloat16)
 from slt_hydra.tracking import SECRET_KEY
+
+log = logging.getLogger("slt_hydra")
 
 SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
 
@@ -19,21 +24,17 @@ SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
 WEIGHT_BYTES = {"4bit": 0.56, "8bit": 1.06, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
 
 
-def weights_kind(cfg: DictConfig) -> str:
-    if cfg.quant.load_in_4bit:
-        return "4bit"
-    if cfg.quant.load_in_8bit:
-        return "8bit"
-    return cfg.quant.weights_dtype or cfg.hardware.dtype
-
-
 def estimate_memory_gb(cfg: DictConfig) -> float | None:
-    """A coarse training-memory estimate from the parameter count (weights + trainable state + overhead).
+    """Training memory in GB (2**30 bytes): the memory planner's peak (``slt_hydra/plan.py``: weights at their
+    precision, adapter, gradients, optimizer state, activations for batch x train.max_length, runtime) when the
+    model has ``arch`` numbers; else a coarse estimate from the parameter count, below. None when the size is unknown.
 
-    LoRA adapters are taken as ~1% of the weights per 16 of rank; full fine-tuning keeps fp32 master
+    Coarse: LoRA adapters are taken as ~1% of the weights per 16 of rank; full fine-tuning keeps fp32 master
     weights, gradients and two Adam moments (16 bytes/param). Activations for short gloss sentences are
-    covered by the 20% + 1 GB margin. None when the model's size is unknown.
+    covered by the 20% + 1 GB margin.
     """
+    if cfg.model.get("arch"):
+        return planner.plan_memory(cfg).total_gb
     if cfg.model.params_b is None:
         return None
     params = float(cfg.model.params_b) * 1e9
@@ -159,13 +160,46 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
             f"eval.splits {list(cfg.eval.splits)} and score in {list(SCORES)} (e.g. dev_bleu4), or dev_loss."
         )
 
-    # Will it fit? (coarse; counted in GB of RAM on CPU, of GPU memory on CUDA)
+    # Will it fit? (GB of RAM on CPU, of GPU memory on CUDA.) With arch numbers, the memory planner: refused when
+    # what the run holds before its first token (weights, adapter, gradients, optimizer state, runtime) exceeds
+    # the budget less 10% headroom; only warned when the peak with every sequence at train.max_length (the
+    # planner's worst case: batches are padded to their longest example) does. Without, the coarse estimate.
     need = estimate_memory_gb(cfg)
     have = hw.memory_gb or machine.memory_gb(hw.device)
-    if need is not None and have and need > have:
+    if need is not None and have and cfg.model.get("arch"):
+        plan = planner.plan_memory(cfg, machine)
+        usable = have * (1 - planner.HEADROOM)
+        if plan.floor_gb > usable or need > usable:
+            fitting = [(change, total) for change, total, fits in planner.suggestions(cfg, plan, machine) if fits]
+            fix = (f" The memory planner's first change that fits: {fitting[0][0]} (about {fitting[0][1]:.1f} GB)."
+                   if fitting else "")
+            fix += " Breakdown and other options: `python -m slt_hydra.plan` with the same overrides."
+            if plan.floor_gb > usable:
+                problems.append(
+                    f"model={cfg.model.name} ({cfg.model.params_b}B) with {weights} weights needs about "
+                    f"{plan.floor_gb:.1f} GB to fine-tune before its first token (weights, adapter, optimizer state, "
+                    f"runtime), {need:.1f} GB at its peak, and hardware={hw.name} has {have:.1f} GB ({usable:.1f} GB "
+                    "usable with 10% headroom). Lower the precision (quant=8bit or quant=4bit), use a smaller model, "
+                    "or a bigger hardware profile." + fix
+                )
+            else:
+                log.warning(
+                    "model=%s may run out of memory: with every sequence at train.max_length=%s the memory plan peaks "
+                    "at %.1f GB, and hardware=%s has %.1f GB usable. Short sentences need much less (batches are "
+                    "padded to their longest example).%s", cfg.model.name, cfg.train.max_length, need, hw.name,
+                    usable, fix)
+    elif need is not None and have and need > have:
         problems.append(
             f"model={cfg.model.name} ({cfg.model.params_b}B) with {weights} weights needs about {need:.1f} GB to "
             f"fine-tune, and hardware={hw.name} has {have:.1f} GB. Lower the precision (quant=8bit or quant=4bit), "
             "use a smaller model, or a bigger hardware profile."
         )
+
+    for note in warnings(cfg):  # not fatal: logged, the run goes on
+        log.warning(note)
     return problems
+
+
+def warnings(cfg: DictConfig) -> list[str]:
+    """Remarks that do not stop a run (a reasoning model, LoRA targets that match nothing, ...)."""
+    return planner.notes(cfg)

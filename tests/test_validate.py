@@ -77,7 +77,20 @@ def test_hardware_auto_picks_the_profile(make_cfg, machine, profile):
 
 
 def test_memory_estimate_orders_precisions(make_cfg):
-    sizes = {q: validate.estimate_memory_gb(make_cfg("model=qwen2.5_7b_instruct", "hardware=gpu_80gb", f"quant={q}"))
+    # The guides' conditions (batch 4, 512 tokens, gradient checkpointing): the planner counts activations too,
+    # so gpu_80gb's own batch 16 without checkpointing would be a different (much larger) figure.
+    guides = ["hardware.per_device_train_batch_size=4", "hardware.per_device_eval_batch_size=4",
+              "hardware.gradient_checkpointing=true", "train.max_length=512"]
+    sizes = {q: validate.estimate_memory_gb(make_cfg("model=qwen2.5_7b_instruct", "hardware=gpu_80gb", f"quant={q}",
+                                                     *guides))
              for q in ("4bit", "8bit", "bf16", "none")}
     assert sizes["4bit"] < sizes["8bit"] < sizes["bf16"] == sizes["none"]  # gpu_80gb computes in bf16
     assert 4 < sizes["4bit"] < 10 and 14 < sizes["bf16"] < 25  # the guides: ~10 GB for 4-bit 7B + LoRA
+
+
+def test_hardware_overrides_survive_auto_resolution(make_cfg):
+    cfg = make_cfg("hardware.gradient_checkpointing=true", "hardware.per_device_train_batch_size=2")
+    resolve_hardware(cfg, T4, overrides=["hardware.gradient_checkpointing=true",
+                                         "hardware.per_device_train_batch_size=2"])
+    assert cfg.hardware.name == "gpu_16gb" and cfg.hardware.optim == "paged_adamw_8bit"  # from the profile
+    assert cfg.hardware.per_device_train_batch_size == 2 and cfg.hardware.gradient_checkpointing  # still yours

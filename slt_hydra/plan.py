@@ -1,0 +1,744 @@
+"""Will it fit? A memory plan for one fine-tuning run, from the model's architecture numbers, before anything loads.
+
+    python -m slt_hydra.plan model=qwen2.5_7b_instruct quant=4bit hardware=gpu_16gb
+    python -m slt_hydra.plan model=qwen2.5_72b quant=auto hardware=gpu_80gb      # the highest precision that fits
+
+Takes the same overrides as a run (Hydra's compose API on ``conf/``: no output directory, no download, no torch,
+no transformers) and prints a breakdown, a verdict against the hardware's memory with 10% headroom, and what to
+change when it does not fit. Exit code 0 = fits, 1 = does not fit, 2 = bad overrides. ``GB`` means 2**30 bytes.
+
+What is counted (``a`` = bytes per activation value: 2 under 16-bit compute, 4 under fp32; ``T`` = tokens in a
+batch = batch size x ``train.max_length``, every sequence taken at the maximum length, the worst case):
+
+* parameters: embeddings V*h, per layer the attention projections (GQA: k/v have kv_heads*head_dim outputs; biases
+  where the model has them), the MLP (gated: 3 matrices h*I, plain: 2; MoE: every expert plus the router), the
+  norms (RMSNorm h, LayerNorm 2h), the final norm and lm_head unless tied;
+* weights: 16/32-bit = params x 2/4 bytes. bitsandbytes quantizes nn.Linear layers only: NF4 = 0.5 byte/param plus
+  one absmax per 64-value block (fp32 = 4 bytes; with double quantization 1 byte, plus one fp32 scale per 256
+  blocks), LLM.int8 = 1 byte/param plus one fp32 scale per output row. Embeddings, lm_head, norms, biases (and
+  transformers 5's fused MoE expert tensors, which are not Linear layers) stay in the compute dtype;
+* LoRA: r*(fan_in + fan_out) per targeted Linear (``all-linear`` = every Linear but lm_head), plus fan_out for the
+  DoRA magnitude; adapters are fp32 (PEFT upcasts them). Per trainable parameter: weight 4 + gradient 4 + AdamW
+  moments 8 bytes (``*8bit`` optimizers: 2 bytes of state). Full fine-tuning: gradient and moments in the weights'
+  dtype, as torch's AdamW keeps them;
+* activations, after Korthikanti et al. (2022), "Reducing Activation Recomputation in Large Transformer Models",
+  who count sbh*(34 + 5*a_heads*s/h) bytes per layer for a 16-bit GPT with a 4h MLP, dropout and eager attention.
+  Adapted to the tensors PyTorch really saves in these models (a frozen base Linear saves no input; SDPA saves
+  q, k, v and its output, not the s*s scores; no dropout in the base model), per token and layer:
+      norms            4h per norm (the fp32 upcast of the input)
+      attention        4*a*heads*head_dim (q, and k and v repeated to all heads, and the output)
+      MLP              3*a*I gated (gate, act(gate), up) or 4*a*I plain tanh-GELU; x experts_per_token for MoE
+      LoRA, per target (1 + a)*fan_in + a*r (dropout mask, the adapter's input, its r-dim output);
+                       (a*fan_in + a*r without dropout) + a*fan_out with DoRA
+      8-bit base or    a*(h + heads*head_dim + h + I): the distinct inputs of the Linear layers (bitsandbytes'
+      full fine-tuning int8 matmul keeps its input; trained weights need theirs), + a*h per norm when trained
+  Without gradient checkpointing all layers keep theirs: L x that x T. With it, each layer keeps its input (a*h*T)
+  and one layer at a time is recomputed: L*a*h*T + that x T;
+* loss: TRL 1.16's SFTTrainer computes the log-probs with a fused, chunked LM head that never builds the T x V
+  logits: a tile of min(T, 4096) x min(V, 32768) in the compute dtype, the final hidden states (a*h*T) and their
+  fp32 gradient (4h*T); full fine-tuning adds the fp32 gradient of lm_head (4*V*h). (A stack that materializes the
+  logits, as older TRL did, needs about 12 bytes per logit more: T x V x 12);
+* bitsandbytes dequantizes one weight matrix at a time for the matmuls: the largest one, in the compute dtype;
+* runtime: 0.75 GB for the CUDA context and cuBLAS workspaces on a GPU; 1.0 GB for Python, torch and the
+  libraries in RAM on CPU (the imports alone measured 0.55 GB RSS here).
+
+The peak is the largest of the training step, the dev-loss evaluation (eval batch, no gradients, optimizer state
+kept) and translation (eval batch, KV cache for max_length + max_new_tokens). Eager attention (e.g. a model that
+needs soft-capping) adds (4 + a)*heads*max_length bytes per token and layer, which is not counted.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from slt_hydra.machine import Machine
+
+log = logging.getLogger("slt_hydra")
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GB = 2**30
+HEADROOM = 0.10  # keep 10% free: allocator fragmentation, spikes the model does not capture
+CUDA_OVERHEAD = 0.75 * GB  # CUDA context + cuBLAS workspaces (not in torch's allocated bytes, still on the GPU)
+CPU_OVERHEAD = 1.0 * GB  # Python, torch, transformers, TRL, datasets, MLflow in RAM
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 values
+DQ_BLOCK = 256  # double quantization: the 8-bit absmax are scaled in blocks of 256 (one fp32 each)
+LOSS_TOKEN_TILE, LOSS_VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel: tokens x vocabulary per tile
+QUANT_LABEL = {"4bit": "NF4 4-bit", "8bit": "LLM.int8 8-bit"}
+
+# Module names per family where they differ from Llama's q/k/v/o_proj, gate/up/down_proj.
+_NAMES = {"phi": {"o": "dense", "up": "fc1", "down": "fc2"}}
+
+
+def weights_kind(cfg: DictConfig) -> str:
+    """4bit | 8bit | float32 | float16 | bfloat16: how the base weights are held."""
+    if cfg.quant.load_in_4bit:
+        return "4bit"
+    if cfg.quant.load_in_8bit:
+        return "8bit"
+    return cfg.quant.weights_dtype or cfg.hardware.dtype
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class Arch:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    experts: int = 0
+    experts_per_token: int = 0
+    mlp: str = "gated"
+    attention_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    norm: str = "rmsnorm"
+    norms_per_layer: int = 2
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
+    family: str = "llama"
+
+    @classmethod
+    def from_cfg(cls, model_cfg: Any) -> "Arch | None":
+        arch = model_cfg.get("arch") if hasattr(model_cfg, "get") else getattr(model_cfg, "arch", None)
+        if not arch:
+            return None
+        heads = int(arch.num_attention_heads)
+        return cls(
+            layers=int(arch.num_layers), hidden=int(arch.hidden_size), intermediate=int(arch.intermediate_size),
+            heads=heads, kv_heads=int(arch.get("num_key_value_heads") or heads),
+            head_dim=int(arch.get("head_dim") or arch.hidden_size // heads), vocab=int(arch.vocab_size),
+            tied=bool(arch.get("tie_word_embeddings", False)), experts=int(arch.get("num_experts") or 0),
+            experts_per_token=int(arch.get("experts_per_token") or 0), mlp=str(arch.get("mlp", "gated")),
+            attention_bias=bool(arch.get("attention_bias", False)), o_bias=bool(arch.get("o_bias", False)),
+            mlp_bias=bool(arch.get("mlp_bias", False)), lm_head_bias=bool(arch.get("lm_head_bias", False)),
+            norm=str(arch.get("norm", "rmsnorm")), norms_per_layer=int(arch.get("norms_per_layer", 2)),
+            fused_qkv=bool(arch.get("fused_qkv", False)), fused_gate_up=bool(arch.get("fused_gate_up", False)),
+            family=str(model_cfg.get("family", "llama")),
+        )
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One weight matrix of a decoder layer (``count`` > 1: one per MoE expert)."""
+
+    name: str  # the name PEFT's target_modules matches
+    fan_in: int
+    fan_out: int
+    bias: bool = False
+    count: int = 1
+    is_linear: bool = True  # an nn.Linear: bitsandbytes quantizes it, LoRA can target it
+
+    @property
+    def params(self) -> int:
+        return self.count * (self.fan_in * self.fan_out + (self.fan_out if self.bias else 0))
+
+
+def layer_linears(arch: Arch) -> list[Linear]:
+    """The weight matrices of one decoder layer, with the names PEFT sees."""
+    names = _NAMES.get(arch.family, {})
+    h, q_out, kv_out, inter = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim, arch.intermediate
+    if arch.fused_qkv:
+        mats = [Linear("qkv_proj", h, q_out + 2 * kv_out, arch.attention_bias)]
+    else:
+        mats = [Linear("q_proj", h, q_out, arch.attention_bias), Linear("k_proj", h, kv_out, arch.attention_bias),
+                Linear("v_proj", h, kv_out, arch.attention_bias)]
+    mats.append(Linear(names.get("o", "o_proj"), q_out, h, arch.o_bias))
+    if arch.experts:  # transformers 5: a router weight and every expert fused into 3-D tensors, none of them a
+        # Linear: bitsandbytes leaves them in the compute dtype (checked on a tiny Mixtral) and LoRA cannot name them
+        mats += [Linear("gate", h, arch.experts, is_linear=False),
+                 Linear("experts.gate_up_proj", h, 2 * inter, count=arch.experts, is_linear=False),
+                 Linear("experts.down_proj", inter, h, count=arch.experts, is_linear=False)]
+    elif arch.mlp == "plain":
+        mats += [Linear(names.get("up", "fc1"), h, inter, arch.mlp_bias),
+                 Linear(names.get("down", "fc2"), inter, h, arch.mlp_bias)]
+    elif arch.fused_gate_up:
+        mats += [Linear("gate_up_proj", h, 2 * inter, arch.mlp_bias), Linear("down_proj", inter, h, arch.mlp_bias)]
+    else:
+        mats += [Linear("gate_proj", h, inter, arch.mlp_bias), Linear("up_proj", h, inter, arch.mlp_bias),
+                 Linear("down_proj", inter, h, arch.mlp_bias)]
+    return mats
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    embedding: int
+    lm_head: int  # 0 when tied to the embedding
+    linear: int  # all decoder-layer weight matrices, biases included
+    norms: int
+    total: int
+
+
+def count_params(arch: Arch) -> ParamCount:
+    embedding = arch.vocab * arch.hidden
+    lm_head = 0 if arch.tied else arch.vocab * arch.hidden + (arch.vocab if arch.lm_head_bias else 0)
+    linear = arch.layers * sum(m.params for m in layer_linears(arch))
+    per_norm = arch.hidden * (2 if arch.norm == "layernorm" else 1)
+    norms = (arch.layers * arch.norms_per_layer + 1) * per_norm  # + the final norm
+    return ParamCount(embedding, lm_head, linear, norms, embedding + lm_head + linear + norms)
+
+
+def lora_targets(arch: Arch, target_modules: Any) -> tuple[list[Linear], list[str]]:
+    """The layer matrices the adapter attaches to, and the target names that match nothing."""
+    mats = layer_linears(arch)
+    if isinstance(target_modules, str) and target_modules == "all-linear":
+        return [m for m in mats if m.is_linear], []
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    matched = [m for m in mats if m.is_linear and m.name.split(".")[-1] in names]
+    found = {m.name.split(".")[-1] for m in matched}
+    return matched, [n for n in names if n not in found]
+
+
+def lora_param_count(arch: Arch, lora_cfg: Any) -> int:
+    mats, _ = lora_targets(arch, _plain(lora_cfg.target_modules))
+    r = int(lora_cfg.r)
+    per_layer = sum(m.count * (r * (m.fan_in + m.fan_out) + (m.fan_out if lora_cfg.get("use_dora") else 0))
+                    for m in mats)
+    return arch.layers * per_layer
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (ListConfig, DictConfig)) else value
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Row:
+    what: str
+    bytes: float
+    how: str = ""
+
+
+@dataclass
+class Plan:
+    model: str
+    weights: str  # weights_kind
+    device: str
+    params: int | None  # computed from arch (None: coarse, from params_b)
+    rows: list[Row]  # the static part: weights, adapter, optimizer, runtime
+    peaks: dict[str, tuple[float, list[Row]]]  # phase -> (bytes, the rows added to the static part)
+    have_gb: float | None  # the memory budget
+    warnings: list[str] = field(default_factory=list)
+    lora_params: int = 0
+    unmatched_targets: list[str] = field(default_factory=list)
+    floor: float | None = None  # bytes held before the first token: resident part + gradients (+ dequant buffer)
+
+    @property
+    def total(self) -> float:
+        return max(value for value, _ in self.peaks.values())
+
+    @property
+    def total_gb(self) -> float:
+        return self.total / GB
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.peaks, key=lambda phase: self.peaks[phase][0])
+
+    @property
+    def floor_gb(self) -> float:
+        """What the run holds whatever the sequence length: it cannot fit if this does not."""
+        return (self.total if self.floor is None else self.floor) / GB
+
+    @property
+    def usable_gb(self) -> float | None:
+        return None if not self.have_gb else self.have_gb * (1 - HEADROOM)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.usable_gb is None else self.total_gb <= self.usable_gb
+
+
+def _batch(cfg: DictConfig) -> tuple[int, int, int, int]:
+    hw, train = cfg.hardware, cfg.train
+    train_batch = int(train.get("per_device_train_batch_size") or hw.per_device_train_batch_size)
+    accumulation = int(train.get("gradient_accumulation_steps") or hw.gradient_accumulation_steps)
+    eval_batch = int(hw.per_device_eval_batch_size)
+    gen_batch = int(cfg.generate.get("batch_size") or eval_batch) if "generate" in cfg else eval_batch
+    return train_batch, accumulation, eval_batch, gen_batch
+
+
+def notes(cfg: DictConfig) -> list[str]:
+    """Non-fatal remarks about this combination (logged as warnings by validate.check, printed by the planner)."""
+    out = []
+    model = cfg.model
+    if model.get("reasoning"):
+        out.append(f"model={model.name} is a reasoning model: it writes long step-by-step thinking before its answer "
+                   "and is not meant for translation (slow generation, answers buried in reasoning; max_new_tokens "
+                   "cuts them). Prefer an instruct model of the same size (e.g. model=qwen2.5_32b).")
+    arch = Arch.from_cfg(model)
+    if arch is not None and cfg.lora.enabled:
+        mats, missing = lora_targets(arch, _plain(cfg.lora.target_modules))
+        if missing:
+            names = sorted({m.name.split(".")[-1] for m in layer_linears(arch) if m.is_linear})
+            recommended = model.get("recommended")
+            hint = (f" (this model's recommendation: lora.target_modules=[{','.join(recommended.target_modules)}])"
+                    if recommended and not isinstance(recommended.target_modules, str) else "")
+            what = "match no layer" if not mats else "match no layer (the adapter only gets the others)"
+            out.append(f"lora.target_modules {missing} {what} of model={model.name}: its Linear layers are "
+                       f"{names}{hint}.")
+        if arch.experts and (cfg.quant.load_in_4bit or cfg.quant.load_in_8bit):
+            out.append(f"model={model.name}: transformers stores the MoE experts as fused 3-D tensors, which "
+                       "bitsandbytes does not quantize: they stay in the compute dtype (counted so here).")
+    if model.get("chat_template") is False:
+        out.append(f"model={model.name}: its tokenizer ships no chat template; the run's chat-format prompts need one.")
+    return out
+
+
+def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
+    """The memory plan for ``cfg`` (model.arch required for the detailed plan; else a coarse one from params_b)."""
+    hw, lora = cfg.hardware, cfg.lora
+    kind = weights_kind(cfg)
+    compute = hw.dtype if hw.dtype in DTYPE_BYTES else "float32"
+    a = DTYPE_BYTES[compute]  # activation and non-quantized weight bytes under bitsandbytes
+    training = not cfg.eval.get("only", False)
+    train_batch, _, eval_batch, gen_batch = _batch(cfg)
+    seq = int(cfg.train.max_length)
+    new_tokens = int(cfg.generate.max_new_tokens) if "generate" in cfg else 64
+    have = hw.memory_gb or (machine.memory_gb(hw.device) if machine is not None else None)
+    overhead = Row("runtime", CUDA_OVERHEAD if hw.device == "cuda" else CPU_OVERHEAD,
+                   "CUDA context + cuBLAS workspace" if hw.device == "cuda" else "Python, torch and libraries in RAM")
+    arch = Arch.from_cfg(cfg.model)
+    if arch is None:
+        return _coarse_plan(cfg, kind, overhead, have)
+
+    pc = count_params(arch)
+    linears = layer_linears(arch)
+    rows: list[Row] = []
+    # Weights.
+    if kind in ("4bit", "8bit"):
+        quantized = [m for m in linears if m.is_linear]
+        q_params = arch.layers * sum(m.count * m.fan_in * m.fan_out for m in quantized)
+        if kind == "4bit":
+            blocks = arch.layers * sum(m.count * math.ceil(m.fan_in * m.fan_out / NF4_BLOCK) for m in quantized)
+            if cfg.quant.get("bnb_4bit_use_double_quant", True):
+                scales = blocks * 1 + math.ceil(blocks / DQ_BLOCK) * 4
+                how = "0.5 B/param + 8-bit absmax per 64 + fp32 per 256 blocks"
+            else:
+                scales = blocks * 4
+                how = "0.5 B/param + fp32 absmax per 64"
+            q_bytes = q_params / 2 + scales
+        else:
+            q_bytes = q_params + arch.layers * sum(m.count * m.fan_out * 4 for m in quantized)
+            how = "1 B/param + fp32 scale per row"
+        rows.append(Row(f"weights: quantized Linear layers ({q_params / 1e9:.2f}B)", q_bytes,
+                        f"{QUANT_LABEL[kind]}: {how} = {q_bytes / q_params:.3f} B/param"))
+        rest = pc.total - q_params
+        rows.append(Row(f"weights: embeddings, lm_head, norms, biases ({rest / 1e9:.2f}B)", rest * a,
+                        f"{compute} (bitsandbytes quantizes Linear layers only)"))
+        largest = max(m.fan_in * m.fan_out for m in quantized)
+        dequant = Row("dequantized matrix (transient)", largest * a, f"largest Linear in {compute}")
+    else:
+        wb = DTYPE_BYTES[kind]
+        rows.append(Row(f"weights ({pc.total / 1e9:.2f}B)", pc.total * wb, f"{kind}: {wb} B/param"))
+        dequant = None
+
+    # Adapter / trainable state.
+    unmatched: list[str] = []
+    lora_n = 0
+    grads = optim = 0.0
+    eight_bit_optim = "8bit" in str(hw.optim)
+    if lora.enabled:
+        mats, unmatched = lora_targets(arch, _plain(lora.target_modules))
+        lora_n = lora_param_count(arch, lora)
+        targets = ",".join(sorted({m.name.split(".")[-1] for m in mats})) or "nothing"
+        rows.append(Row(f"LoRA adapter ({lora_n / 1e6:.1f}M params)", lora_n * 4,
+                        f"r={lora.r} on {targets}; fp32"))
+        if training:
+            grads, optim = lora_n * 4.0, lora_n * (2.0 if eight_bit_optim else 8.0)
+            grad_how, optim_how = "fp32", ("8-bit AdamW: 2 B/param" if eight_bit_optim else "AdamW fp32: 8 B/param")
+    elif training:
+        wb = DTYPE_BYTES.get(kind, 2)
+        grads, optim = pc.total * wb, pc.total * (2.0 if eight_bit_optim else 2.0 * wb)
+        grad_how = f"full fine-tuning: {kind}"
+        optim_how = "8-bit AdamW: 2 B/param" if eight_bit_optim else f"AdamW moments in {kind}: {2 * wb} B/param"
+    if training:
+        rows.append(Row("optimizer state", optim, optim_how))
+    rows.append(overhead)
+    static = sum(r.bytes for r in rows)
+
+    # Activations per token and layer (see the module docstring).
+    per_token_layer = _layer_activation_bytes(arch, cfg, a, kind, training)
+    forward_only = _forward_transient_bytes(arch, a)
+    loss_tile = lambda tokens: min(tokens, LOSS_TOKEN_TILE) * min(arch.vocab, LOSS_VOCAB_TILE) * a  # noqa: E731
+    peaks: dict[str, tuple[float, list[Row]]] = {}
+    if training:
+        tokens = train_batch * seq
+        if hw.gradient_checkpointing:
+            act = (arch.layers * a * arch.hidden + per_token_layer) * tokens
+            act_how = f"checkpointing: {arch.layers} layer inputs + 1 layer recomputed ({per_token_layer / 1e3:.0f} kB/token)"
+        else:
+            act = arch.layers * per_token_layer * tokens
+            act_how = f"{arch.layers} layers x {per_token_layer / 1e3:.0f} kB/token"
+        act += 4 * arch.hidden * tokens  # the final norm
+        loss = (a + 4) * arch.hidden * tokens + loss_tile(tokens) + (0 if lora.enabled else 4 * arch.vocab * arch.hidden)
+        added = [Row("gradients", grads, grad_how),
+                 Row(f"activations (batch {train_batch} x {seq} tokens)", act, act_how),
+                 Row("loss (fused LM head)", loss, "final hidden states + fp32 gradient + one logits tile")]
+        if dequant:
+            added.append(dequant)
+        peaks["training step"] = (static + sum(r.bytes for r in added), added)
+
+    eval_tokens = eval_batch * seq
+    added = [Row(f"forward, one layer at a time (eval batch {eval_batch} x {seq})", forward_only * eval_tokens,
+                 f"{forward_only / 1e3:.0f} kB/token, no gradients"),
+             Row("loss (fused LM head)", a * arch.hidden * eval_tokens + loss_tile(eval_tokens), "")]
+    if dequant:
+        added.append(dequant)
+    peaks["evaluation (dev loss)"] = (static + sum(r.bytes for r in added), added)
+
+    kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * a * gen_batch * (seq + new_tokens)
+    added = [Row(f"KV cache (batch {gen_batch} x {seq + new_tokens})", kv, compute),
+             Row("prefill, one layer at a time", forward_only * gen_batch * seq, "")]
+    if dequant:
+        added.append(dequant)
+    peaks["translation"] = (static + sum(r.bytes for r in added), added)
+
+    floor = static + grads + (dequant.bytes if dequant else 0.0)
+    return Plan(cfg.model.name, kind, hw.device, pc.total, rows, peaks, have, notes(cfg), lora_n, unmatched, floor)
+
+
+def _layer_activation_bytes(arch: Arch, cfg: DictConfig, a: int, kind: str, training: bool = True) -> float:
+    """Bytes saved for backward per token in one decoder layer (the module docstring's table)."""
+    h, inter, attn = arch.hidden, arch.intermediate, arch.heads * arch.head_dim
+    experts = max(1, arch.experts_per_token or 1)
+    total = arch.norms_per_layer * 4 * h + 4 * a * attn + (4 if arch.mlp == "plain" else 3) * a * inter * experts
+    parallel = arch.norms_per_layer == 1  # Phi-2: attention and MLP read the same normed input
+    linear_inputs = a * (h + attn + (0 if parallel else h) + inter * experts)
+    lora = cfg.lora
+    if lora.enabled:
+        mats, _ = lora_targets(arch, _plain(lora.target_modules))
+        mask = 1 if float(lora.get("dropout", 0.0)) > 0 else 0
+        for m in mats:
+            total += m.count * ((mask + a) * m.fan_in + a * int(lora.r) + (a * m.fan_out if lora.get("use_dora") else 0))
+        if kind == "8bit":
+            total += linear_inputs
+    else:
+        total += linear_inputs + a * h * arch.norms_per_layer
+    return float(total)
+
+
+def _forward_transient_bytes(arch: Arch, a: int) -> float:
+    """Per token, what one layer holds at once in a forward without gradients (evaluation, prefill)."""
+    experts = max(1, arch.experts_per_token or 1)
+    return float(max(3 * a * arch.intermediate * experts, 4 * a * arch.heads * arch.head_dim) + 2 * a * arch.hidden)
+
+
+def _coarse_plan(cfg: DictConfig, kind: str, overhead: Row, have: float | None) -> Plan:
+    """No arch numbers (model=local): the parameter count only, activations in a 20% margin."""
+    if cfg.model.params_b is None:  # nothing to plan from: no verdict
+        return Plan(cfg.model.name, kind, cfg.hardware.device, None, [], {"unknown": (0.0, [])}, None,
+                    notes(cfg) + [f"model={cfg.model.name}: size unknown (no arch, params_b null): set "
+                                  "model.params_b=N for an estimate."])
+    params = float(cfg.model.params_b) * 1e9
+    coarse = {"4bit": 0.56, "8bit": 1.06, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
+    weights = params * coarse[kind]
+    if cfg.eval.get("only", False):
+        trainable = 0.0
+    elif cfg.lora.enabled:
+        targets = _plain(cfg.lora.target_modules)
+        spread = 2.5 if targets == "all-linear" else len(targets) / 4
+        trainable = params * 0.01 * (cfg.lora.r / 16) * spread
+    else:
+        trainable = params
+    state = trainable * (10.0 if "8bit" in str(cfg.hardware.optim) else 16.0)
+    rows = [Row(f"weights ({params / 1e9:.2f}B, coarse)", weights, f"{coarse[kind]} B/param"),
+            Row("trainable state (coarse)", state, "~1% of params per r16 x 16 B"),
+            Row("margin for activations", 0.2 * (weights + state), "20%"),
+            Row("runtime", 1.0 * GB, "")]
+    total = sum(r.bytes for r in rows)
+    return Plan(cfg.model.name, kind, cfg.hardware.device, None, rows, {"coarse estimate": (total, [])}, have,
+                notes(cfg) + [f"model={cfg.model.name} has no arch numbers: coarse estimate from params_b."])
+
+
+# --------------------------------------------------------------------------- what to change
+
+
+def _with(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
+    new = copy.deepcopy(cfg)
+    with open_dict(new):
+        for key, value in overrides.items():
+            if key == "quant":
+                new.quant = _quant_profile(new.quant, value)
+            else:
+                OmegaConf.update(new, key, value, merge=False)
+    return new
+
+
+def _quant_profile(current: DictConfig, name: str) -> DictConfig:
+    profile = OmegaConf.load(CONF_DIR / "quant" / f"{name}.yaml")
+    return OmegaConf.merge(current, profile)
+
+
+def _sixteen_bit(cfg: DictConfig) -> str:
+    return "bf16" if cfg.hardware.dtype == "bfloat16" else "fp16" if cfg.hardware.dtype == "float16" else "none"
+
+
+def _precisions(cfg: DictConfig, machine: Machine | None) -> list[str]:
+    """quant options from the highest precision to the lowest, for this hardware."""
+    if cfg.hardware.device == "cuda":
+        return [_sixteen_bit(cfg), "8bit", "4bit"]
+    options = ["none"]  # fp32 on CPU
+    if machine is not None and machine.cpu_bf16:
+        options.append("bf16")
+    return options + ["8bit", "4bit"]
+
+
+_RANK = {"float32": 4, "bfloat16": 3, "float16": 3, "8bit": 2, "4bit": 1}
+
+
+def suggestions(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> list[tuple[str, float, bool]]:
+    """What to change, in the guides' order, each with the planner's new total: (overrides, GB, fits).
+
+    Precision first (the guides' tree: a budget of 40 GB+ takes 16-bit, 24 GB+ 8-bit, else 4-bit), then
+    gradient checkpointing, a smaller batch with more accumulation (same effective batch), a smaller evaluation
+    batch, a smaller LoRA rank, shorter sequences. Each step is shown alone, then all of them together, stopping
+    at the first combination that fits (with the lowest precision as a last resort).
+    """
+    if plan.usable_gb is None or plan.params is None:
+        return []
+    have = plan.have_gb or 0.0
+    current = _RANK.get(weights_kind(cfg), 3)
+    lower = [(option, _RANK.get(weights_kind(_with(cfg, {"quant": option})), 3))
+             for option in _precisions(cfg, machine)]
+    lower = [(option, rank) for option, rank in lower if rank < current]
+    tier = 3 if have >= 40 else 2 if have >= 24 else 1
+    steps: list[dict[str, Any]] = []
+    if lower:
+        steps.append({"quant": next((option for option, rank in lower if rank <= tier), lower[-1][0])})
+    hw, train = cfg.hardware, cfg.train
+    training = not cfg.eval.get("only", False)
+    if training and not hw.gradient_checkpointing:
+        steps.append({"hardware.gradient_checkpointing": True})
+    train_batch, accumulation, eval_batch, _ = _batch(cfg)
+    if training and train_batch > 1:
+        smaller = max(1, train_batch // 4)
+        batch_key = "train" if train.get("per_device_train_batch_size") else "hardware"
+        accumulation_key = "train" if train.get("gradient_accumulation_steps") else "hardware"
+        steps.append({f"{batch_key}.per_device_train_batch_size": smaller,
+                      f"{accumulation_key}.gradient_accumulation_steps": accumulation * train_batch // smaller})
+    if eval_batch > 4:
+        steps.append({"hardware.per_device_eval_batch_size": max(1, eval_batch // 4)})
+    if training and cfg.lora.enabled and cfg.lora.r > 8:
+        steps.append({"lora.r": max(8, cfg.lora.r // 2), "lora.alpha": max(16, cfg.lora.alpha // 2)})
+    if train.max_length > 128:
+        steps.append({"train.max_length": 128})
+
+    out: list[tuple[str, float, bool]] = []
+    combined: dict[str, Any] = {}
+    together = plan
+    for step in steps:
+        alone = plan_memory(_with(cfg, step), machine)
+        out.append((_render(step, hw.name), alone.total_gb, bool(alone.fits)))
+        combined.update(step)
+        together = plan_memory(_with(cfg, combined), machine)
+        if together.fits:
+            break
+    if not together.fits and lower and combined.get("quant") != lower[-1][0]:
+        combined["quant"] = lower[-1][0]
+        together = plan_memory(_with(cfg, combined), machine)
+    if len(combined) > 1:
+        out.append((_render(combined, hw.name), together.total_gb, bool(together.fits)))
+    return out
+
+
+def _render(overrides: dict[str, Any], hardware: str | None = None) -> str:
+    """Overrides as typed on the command line. hardware.* keys come after hardware=NAME: with hardware=auto the
+    resolved profile would replace them."""
+    parts = [f"hardware={hardware}"] if hardware and any(k.startswith("hardware.") for k in overrides) else []
+    for key, value in overrides.items():
+        parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- quant=auto
+
+
+def resolve_auto_quant(cfg: DictConfig, machine: Machine | None) -> str | None:
+    """Replace quant=auto by the highest precision whose plan fits (else 4bit). Returns the choice, or None
+    when quant is not auto. Needs hardware resolved first (``run.resolve_hardware``)."""
+    if cfg.quant.name != "auto":
+        return None
+    options = _precisions(cfg, machine)
+    chosen, why = options[-1], "nothing fits: the lowest precision; validation says what else to change"
+    for option in options:
+        plan = plan_memory(_with(cfg, {"quant": option}), machine)
+        if plan.fits is None or plan.fits:
+            chosen, why = option, "the highest precision whose memory plan fits"
+            break
+    cfg.quant = _quant_profile(cfg.quant, chosen)
+    log.info("quant=auto -> quant=%s (%s)", chosen, why)
+    return chosen
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def light_machine() -> Machine:
+    """What this machine has, without importing torch: RAM, CPU flags, and the first GPU via nvidia-smi."""
+    from slt_hydra.machine import _cpu_flags, _ram_gb
+
+    name = memory = None
+    bf16 = False
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    smi = shutil.which("nvidia-smi")
+    if smi and visible not in ("", "-1"):
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                gpu_name, mib, cap = [part.strip() for part in out[0].split(",")]
+                name, memory, bf16 = gpu_name, float(mib) / 1024, float(cap) >= 8.0
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    flags = _cpu_flags()
+    return Machine(cuda=name is not None, gpu_name=name, gpu_memory_gb=memory, gpu_bf16=bf16,
+                   cpu_bf16=bool(flags & {"avx512_bf16", "amx_bf16"}), ram_gb=_ram_gb())
+
+
+def _lr(value: float) -> str:
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _gb(value: float) -> str:
+    return f"{value / GB:7.2f}"
+
+
+def format_plan(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> str:
+    hw, lora = cfg.hardware, cfg.lora
+    train_batch, accumulation, eval_batch, _ = _batch(cfg)
+    lines = []
+    published = cfg.model.params_b
+    count = f"{plan.params / 1e9:.3f}B parameters computed" if plan.params else "parameters unknown (no arch)"
+    lines.append(f"model={cfg.model.name} ({cfg.model.get('hub_id') or cfg.model.get('path') or 'model.path=?'}): {count}"
+                 + (f", published {published}B" if published is not None else ""))
+    adapter = (f"LoRA r{lora.r}/alpha{lora.alpha} on {_plain(lora.target_modules)}" if lora.enabled
+               else "full fine-tuning")
+    lines.append(f"quant={cfg.quant.name} ({plan.weights} weights), hardware={hw.name} ({hw.device}, {hw.dtype}), "
+                 f"{adapter}, batch {train_batch} x {cfg.train.max_length} tokens (x{accumulation} accumulation), "
+                 f"eval batch {eval_batch}, gradient checkpointing {'on' if hw.gradient_checkpointing else 'off'}, "
+                 f"optim {hw.optim}" + (", evaluation only" if cfg.eval.get("only") else ""))
+    lines.append("")
+    width = max([len(r.what) for r in plan.rows] + [len(r.what) + 4 for _, rows in plan.peaks.values() for r in rows]
+                + [40]) + 2
+    lines.append(f"{'component':<{width}}{'GB':>7}  how")
+    for row in plan.rows:
+        lines.append(f"{row.what:<{width}}{_gb(row.bytes)}  {row.how}")
+    static = sum(r.bytes for r in plan.rows)
+    lines.append(f"{'= resident':<{width}}{_gb(static)}")
+    for phase, (value, rows) in plan.peaks.items():
+        lines.append(f"{phase}:")
+        for row in rows:
+            lines.append(f"  + {row.what:<{width - 4}}{_gb(row.bytes)}  {row.how}")
+        lines.append(f"  {'= peak':<{width - 2}}{_gb(value)}")
+    lines.append("")
+    lines.append(f"{'TOTAL (the largest peak: ' + plan.peak_phase + ')':<{width}}{_gb(plan.total)}")
+    if plan.have_gb:
+        source = (f"hardware={hw.name} memory_gb" if hw.memory_gb else
+                  f"this machine's {'GPU' if hw.device == 'cuda' else 'RAM'}")
+        lines.append(f"memory: {plan.have_gb:.1f} GB ({source}); usable with {HEADROOM:.0%} headroom: "
+                     f"{plan.usable_gb:.1f} GB")
+        verdict = "fits" if plan.fits else "does not fit"
+        lines.append(f"verdict: {verdict} ({plan.total_gb:.1f} GB of {plan.usable_gb:.1f} GB usable)")
+        if not plan.fits and plan.floor_gb <= plan.usable_gb:
+            lines.append(f"  (with every sequence at train.max_length={cfg.train.max_length}; before its first token "
+                         f"the run holds {plan.floor_gb:.1f} GB, so a run is not refused, only warned: short "
+                         "sentences need less, as batches are padded to their longest example)")
+    elif plan.peaks.get("unknown"):
+        lines.append("verdict: unknown (the model's size is unknown: set model.params_b=N)")
+    else:
+        lines.append("verdict: unknown (no memory budget: set hardware.memory_gb=N)")
+    rec = cfg.model.get("recommended")
+    if rec:
+        targets = rec.target_modules if isinstance(rec.target_modules, str) else f"[{','.join(rec.target_modules)}]"
+        lines.append(f"recommended for this model: lora.r={rec.lora_r} lora.alpha={rec.lora_alpha} "
+                     f"lora.target_modules={targets} train.learning_rate={_lr(rec.learning_rate)}")
+    if plan.fits is False:
+        lines.append("")
+        lines.append("what to change (the planner's total after each change):")
+        found = suggestions(cfg, plan, machine)
+        for overrides, total, fits in found:
+            lines.append(f"  {overrides}\n      -> {total:.1f} GB: {'fits' if fits else 'does not fit'}")
+        if not any(fits for _, _, fits in found):
+            smallest = min([total for _, total, _ in found] + [plan.total_gb])
+            lines.append(f"  nothing above fits: the smallest plan needs {smallest:.1f} GB, i.e. "
+                         f"{smallest / (1 - HEADROOM):.0f} GB of memory with the headroom. Use a smaller model, "
+                         "or a bigger GPU (hardware=gpu_24gb / gpu_80gb, or hardware.memory_gb=N).")
+    for warning in plan.warnings:
+        lines.append(f"WARNING: {warning}")
+    return "\n".join(lines)
+
+
+USAGE = """usage: python -m slt_hydra.plan [GROUP=OPTION ...] [KEY=VALUE ...]
+
+The memory plan of the run these overrides describe (same syntax as python -m slt_hydra), and whether it fits
+the hardware's memory (hardware.memory_gb, else this machine's RAM or GPU). quant=auto resolves to the highest
+precision that fits. Exit code 0 = fits, 1 = does not fit, 2 = bad overrides.
+Example: python -m slt_hydra.plan model=qwen2.5_7b_instruct quant=4bit hardware=gpu_16gb"""
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config ``python -m slt_hydra OVERRIDES`` would get (Hydra's runtime fields left unresolved)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from slt_hydra.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="plan"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(USAGE)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        cfg = compose(args)
+    except Exception as error:  # Hydra's composition errors: unknown option, misspelt key, wrong type
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        print(f"slt_hydra.plan: {error}{cause}", file=sys.stderr)
+        return 2
+    from slt_hydra.run import resolve_hardware  # noqa: cheap (no torch at import)
+
+    machine = None
+    if cfg.hardware.name == "auto" or not cfg.hardware.memory_gb or cfg.quant.name == "auto":
+        machine = light_machine()
+    resolve_hardware(cfg, machine, overrides=args)
+    chosen = resolve_auto_quant(cfg, machine)
+    plan = plan_memory(cfg, machine)
+    if chosen:
+        print(f"quant=auto -> quant={chosen} " + ("(the highest precision that fits)" if plan.fits is not False
+                                                  else "(nothing fits; the lowest precision, and what to change below)"))
+    print(format_plan(cfg, plan, machine))
+    return 0 if plan.fits is not False else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
