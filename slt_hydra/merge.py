@@ -18,7 +18,8 @@ from typing import Sequence
 from omegaconf.errors import OmegaConfBaseException
 
 from slt_hydra.errors import SetupError
-from slt_hydra.translate import CliError, add_run_arguments, load_tokenizer_like_run, quiet_loading, resolve_run
+from slt_hydra.translate import (CliError, add_run_arguments, load_tokenizer_like_run, quiet_loading, report_error,
+                                 resolve_run)
 
 PROG = "python -m slt_hydra.merge"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -119,15 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"    tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n"
               "    # prompts: tokenizer.apply_chat_template(messages, add_generation_prompt=True)")
         return 0
-    except SetupError as error:
-        print(f"slt_hydra.merge: {error}", file=sys.stderr)
-        return 2
-    except OmegaConfBaseException as error:  # an interpolation in the run's config that cannot be resolved here
-        print(f"slt_hydra.merge: cannot read the run's config: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    except (SetupError, OmegaConfBaseException, KeyboardInterrupt) as error:
+        return report_error("slt_hydra.merge", error)
     finally:
         if run is not None:
             run.cleanup()

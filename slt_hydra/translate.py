@@ -75,6 +75,17 @@ CONFIG_GROUPS = ("model", "quant", "hardware", "dataset", "generate", "lora", "c
 PROMPT = "gloss> "
 
 
+def report_error(prog: str, error: BaseException) -> int:
+    """One line on stderr, no traceback, for an error the user fixes; returns the exit status (130 on Ctrl-C)."""
+    if isinstance(error, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return 130
+    if isinstance(error, OmegaConfBaseException):  # an interpolation in the run's config that cannot resolve here
+        error = f"cannot read the run's config: {str(error).splitlines()[0]}"
+    print(f"{prog}: {error}", file=sys.stderr)
+    return 2
+
+
 class CliError(SetupError):
     """A bad command line or a run that cannot be reloaded; printed as one line, exit status 2."""
 
@@ -488,15 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
         return 0
-    except SetupError as error:
-        print(f"slt_hydra.translate: {error}", file=sys.stderr)
-        return 2
-    except OmegaConfBaseException as error:  # an interpolation in the run's config that cannot be resolved here
-        print(f"slt_hydra.translate: cannot read the run's config: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    except (SetupError, OmegaConfBaseException, KeyboardInterrupt) as error:
+        return report_error("slt_hydra.translate", error)
     finally:
         if run is not None:
             run.cleanup()
