@@ -164,10 +164,10 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     # what the run holds before its first token (weights, adapter, gradients, optimizer state, runtime) exceeds
     # the budget less 10% headroom; only warned when the peak with every sequence at train.max_length (the
     # planner's worst case: batches are padded to their longest example) does. Without, the coarse estimate.
-    need = estimate_memory_gb(cfg)
     have = hw.memory_gb or machine.memory_gb(hw.device)
-    if need is not None and have and cfg.model.get("arch"):
-        plan = planner.plan_memory(cfg, machine)
+    if have and cfg.model.get("arch"):
+        plan = planner.plan_memory(cfg, machine)  # the machine only changes the verdict, not the totals
+        need = plan.total_gb
         usable = have * (1 - planner.HEADROOM)
         if plan.floor_gb > usable or need > usable:
             fitting = [(change, total) for change, total, fits in planner.suggestions(cfg, plan, machine) if fits]
@@ -188,7 +188,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
                     "at %.1f GB, and hardware=%s has %.1f GB usable. Short sentences need much less (batches are "
                     "padded to their longest example).%s", cfg.model.name, cfg.train.max_length, need, hw.name,
                     usable, fix)
-    elif need is not None and have and need > have:
+    elif have and (need := estimate_memory_gb(cfg)) is not None and need > have:
         problems.append(
             f"model={cfg.model.name} ({cfg.model.params_b}B) with {weights} weights needs about {need:.1f} GB to "
             f"fine-tune, and hardware={hw.name} has {have:.1f} GB. Lower the precision (quant=8bit or quant=4bit), "
