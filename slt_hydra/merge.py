@@ -6,7 +6,8 @@
 The base is loaded unquantized in ``--dtype`` (float32 by default), also when the run trained its adapter
 on 4-bit or 8-bit weights: a LoRA update cannot be folded into bitsandbytes-quantized weights, so it is
 folded into the original weights instead. The result loads with ``AutoModelForCausalLM.from_pretrained``
-alone (no PEFT, no bitsandbytes) and keeps the tokenizer's chat template.
+(``AutoModelForSeq2SeqLM`` for T5/NLLB runs) alone (no PEFT, no bitsandbytes) and keeps the tokenizer's chat
+template (seq2seq: the source prefix, in config.json).
 """
 from __future__ import annotations
 
@@ -114,11 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = sum(p.numel() for p in merged.parameters())
         print(f"merged model ({params / 1e6:.1f}M parameters, {args.dtype}, safetensors) and tokenizer "
               f"written to {out}")
+        seq2seq = getattr(merged.config, "is_encoder_decoder", False)  # T5, NLLB: no chat prompt
+        auto = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
         print("load it with plain transformers (no PEFT, no bitsandbytes):\n"
-              "    from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-              f"    model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+              f"    from transformers import {auto}, AutoTokenizer\n"
+              f"    model = {auto}.from_pretrained({str(out)!r})\n"
               f"    tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n"
-              "    # prompts: tokenizer.apply_chat_template(messages, add_generation_prompt=True)")
+              + ("    # inputs: model.config.prefix + the gloss sequence (saved in config.json)" if seq2seq else
+                 "    # prompts: tokenizer.apply_chat_template(messages, add_generation_prompt=True)"))
         return 0
     except (SetupError, OmegaConfBaseException, KeyboardInterrupt) as error:
         return report_error("slt_hydra.merge", error)

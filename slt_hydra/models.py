@@ -176,16 +176,23 @@ def quantization_config(quant_cfg: DictConfig, compute_dtype: str):
     return None
 
 
-def peft_config(lora_cfg: DictConfig):
-    """PEFT LoraConfig from the lora group, None for full fine-tuning (as in TRL's get_peft_config)."""
+def peft_config(lora_cfg: DictConfig, task_type: str = "CAUSAL_LM", family: str | None = None):
+    """PEFT LoraConfig from the lora group, None for full fine-tuning (as in TRL's get_peft_config).
+
+    ``task_type`` SEQ_2_SEQ_LM for encoder-decoder models; ``family`` renames Llama-style targets to the model's
+    own where the planner knows them (T5: q/k/v/o, NLLB: out_proj)."""
     if not lora_cfg.enabled:
         return None
     from peft import LoraConfig
 
     # Hydra hands lists over as ListConfig; PEFT wants plain Python.
     targets = OmegaConf.to_container(lora_cfg.target_modules) if OmegaConf.is_config(lora_cfg.target_modules) else lora_cfg.target_modules
+    if family:
+        from slt_hydra.plan import model_target_modules
+
+        targets = model_target_modules(family, targets)
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
@@ -197,7 +204,11 @@ def peft_config(lora_cfg: DictConfig):
 
 
 def load_model_and_tokenizer(cfg: DictConfig, source: ModelSource):
-    """Tokenizer + causal LM on the configured device, precision and quantization."""
+    """Tokenizer + causal LM on the configured device, precision and quantization (seq2seq models: seq2seq.py's)."""
+    if cfg.model.get("architecture", "causal_lm") == "seq2seq":
+        from slt_hydra import seq2seq
+
+        return seq2seq.load_model_and_tokenizer(cfg, source)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = source.location
@@ -215,10 +226,14 @@ def load_model_and_tokenizer(cfg: DictConfig, source: ModelSource):
 
     quantization = quantization_config(cfg.quant, cfg.hardware.dtype)
     kwargs = dict(dtype=torch_dtype(weights_dtype), **common)
+    from slt_hydra.distributed import device_map, sharded
+
     if quantization is not None:
+        if cfg.quant.load_in_4bit and sharded(cfg.hardware):  # FSDP/ZeRO-3 shard flat tensors of one dtype:
+            quantization.bnb_4bit_quant_storage = torch_dtype(cfg.hardware.dtype)  # NF4 packed in the compute dtype
         kwargs["quantization_config"] = quantization
     if cfg.hardware.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = device_map(cfg.hardware)  # this process's GPU; None: FSDP/ZeRO-3 place the shards
     model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

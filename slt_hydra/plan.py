@@ -42,6 +42,13 @@ batch = batch size x ``train.max_length``, every sequence taken at the maximum l
 * runtime: 0.75 GB for the CUDA context and cuBLAS workspaces on a GPU; 1.0 GB for Python, torch and the
   libraries in RAM on CPU (the imports alone measured 0.55 GB RSS here).
 
+Encoder-decoder models (T5, NLLB: ``arch.decoder_layers`` set) have two stacks: the encoder's layers as above, the
+decoder's with a cross-attention block more (its q/k/v/o and a norm), and T5's relative-position table per stack.
+Both stacks are taken at batch x max_length tokens. Their loss is not fused: the logits are materialized, T x V in
+the compute dtype plus about 12 bytes per logit (fp32 log-softmax, its gradient and the logits' gradient); in
+evaluation T x V x (a + 4). Translation keeps the decoder's self- and cross-attention caches. T5's attention is
+eager (its relative position bias): the scores are not counted, as above.
+
 The peak is the largest of the training step, the dev-loss evaluation (eval batch, no gradients, optimizer state
 kept) and translation (eval batch, KV cache for max_length + max_new_tokens). Eager attention (e.g. a model that
 needs soft-capping) adds (4 + a)*heads*max_length bytes per token and layer, which is not counted.
@@ -77,7 +84,12 @@ LOSS_TOKEN_TILE, LOSS_VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel:
 QUANT_LABEL = {"4bit": "NF4 4-bit", "8bit": "LLM.int8 8-bit"}
 
 # Module names per family where they differ from Llama's q/k/v/o_proj, gate/up/down_proj.
-_NAMES = {"phi": {"o": "dense", "up": "fc1", "down": "fc2"}}
+_NAMES = {"phi": {"o": "dense", "up": "fc1", "down": "fc2"},
+          "t5": {"q": "q", "k": "k", "v": "v", "o": "o", "up": "wi", "down": "wo"},
+          "nllb": {"o": "out_proj", "up": "fc1", "down": "fc2"}}
+# Encoder-decoder families whose LoRA targets are given in Llama's names by the lora presets (lora=default's
+# q_proj/k_proj/v_proj/o_proj): read as the family's own (T5: q/k/v/o; NLLB: q/k/v/out_proj).
+RENAMED_TARGETS = ("t5", "nllb")
 
 
 def weights_kind(cfg: DictConfig) -> str:
@@ -114,6 +126,8 @@ class Arch:
     fused_qkv: bool = False
     fused_gate_up: bool = False
     family: str = "llama"
+    decoder_layers: int = 0  # encoder-decoder: the decoder's layers (``layers`` = the encoder's); 0 = decoder-only
+    relative_buckets: int = 0  # T5: relative-position buckets (one buckets x heads table per stack)
 
     @classmethod
     def from_cfg(cls, model_cfg: Any) -> "Arch | None":
@@ -132,6 +146,8 @@ class Arch:
             norm=str(arch.get("norm", "rmsnorm")), norms_per_layer=int(arch.get("norms_per_layer", 2)),
             fused_qkv=bool(arch.get("fused_qkv", False)), fused_gate_up=bool(arch.get("fused_gate_up", False)),
             family=str(model_cfg.get("family", "llama")),
+            decoder_layers=int(arch.get("decoder_layers") or 0),
+            relative_buckets=int(arch.get("relative_attention_buckets") or 0),
         )
 
 
@@ -158,8 +174,9 @@ def layer_linears(arch: Arch) -> list[Linear]:
     if arch.fused_qkv:
         mats = [Linear("qkv_proj", h, q_out + 2 * kv_out, arch.attention_bias)]
     else:
-        mats = [Linear("q_proj", h, q_out, arch.attention_bias), Linear("k_proj", h, kv_out, arch.attention_bias),
-                Linear("v_proj", h, kv_out, arch.attention_bias)]
+        mats = [Linear(names.get("q", "q_proj"), h, q_out, arch.attention_bias),
+                Linear(names.get("k", "k_proj"), h, kv_out, arch.attention_bias),
+                Linear(names.get("v", "v_proj"), h, kv_out, arch.attention_bias)]
     mats.append(Linear(names.get("o", "o_proj"), q_out, h, arch.o_bias))
     if arch.experts:  # transformers 5: a router weight and every expert fused into 3-D tensors, none of them a
         # Linear: bitsandbytes leaves them in the compute dtype (checked on a tiny Mixtral) and LoRA cannot name them
@@ -178,6 +195,25 @@ def layer_linears(arch: Arch) -> list[Linear]:
 
 
 @dataclass(frozen=True)
+class Stack:
+    """Identical layers: a decoder-only model's, or an encoder-decoder's encoder and decoder."""
+
+    layers: int
+    mats: list[Linear]  # the weight matrices of one layer
+    norms: int  # norms per layer
+    attention_blocks: int = 1  # 2 in a decoder with cross-attention
+
+
+def stacks(arch: Arch) -> list[Stack]:
+    """The decoder only, or the encoder and the decoder, whose layers add cross-attention (q/k/v/o and a norm)."""
+    mats = layer_linears(arch)
+    if not arch.decoder_layers:
+        return [Stack(arch.layers, mats, arch.norms_per_layer)]
+    return [Stack(arch.layers, mats, arch.norms_per_layer),
+            Stack(arch.decoder_layers, mats[:4] + mats, arch.norms_per_layer + 1, attention_blocks=2)]
+
+
+@dataclass(frozen=True)
 class ParamCount:
     embedding: int
     lm_head: int  # 0 when tied to the embedding
@@ -187,19 +223,31 @@ class ParamCount:
 
 
 def count_params(arch: Arch) -> ParamCount:
-    embedding = arch.vocab * arch.hidden
+    parts = stacks(arch)
+    embedding = arch.vocab * arch.hidden + len(parts) * arch.relative_buckets * arch.heads
     lm_head = 0 if arch.tied else arch.vocab * arch.hidden + (arch.vocab if arch.lm_head_bias else 0)
-    linear = arch.layers * sum(m.params for m in layer_linears(arch))
+    linear = sum(stack.layers * sum(m.params for m in stack.mats) for stack in parts)
     per_norm = arch.hidden * (2 if arch.norm == "layernorm" else 1)
-    norms = (arch.layers * arch.norms_per_layer + 1) * per_norm  # + the final norm
+    norms = sum(stack.layers * stack.norms + 1 for stack in parts) * per_norm  # + each stack's final norm
     return ParamCount(embedding, lm_head, linear, norms, embedding + lm_head + linear + norms)
 
 
-def lora_targets(arch: Arch, target_modules: Any) -> tuple[list[Linear], list[str]]:
-    """The layer matrices the adapter attaches to, and the target names that match nothing."""
-    mats = layer_linears(arch)
+def model_target_modules(family: str, target_modules: Any) -> Any:
+    """lora.target_modules in the family's own module names (RENAMED_TARGETS: q_proj -> T5's q, o_proj -> NLLB's
+    out_proj, ...); unchanged for other families and for "all-linear"."""
+    if family not in RENAMED_TARGETS or isinstance(target_modules, str):
+        return target_modules
+    names = _NAMES[family]
+    return [names.get(t[:-len("_proj")], t) if t.endswith("_proj") else t for t in target_modules]
+
+
+def lora_targets(arch: Arch, target_modules: Any, mats: list[Linear] | None = None) -> tuple[list[Linear], list[str]]:
+    """The layer matrices the adapter attaches to (in one layer: ``mats``, default the first stack's), and the
+    target names that match nothing."""
+    mats = layer_linears(arch) if mats is None else mats
     if isinstance(target_modules, str) and target_modules == "all-linear":
         return [m for m in mats if m.is_linear], []
+    target_modules = model_target_modules(arch.family, target_modules)
     names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     matched = [m for m in mats if m.is_linear and m.name.split(".")[-1] in names]
     found = {m.name.split(".")[-1] for m in matched}
@@ -207,11 +255,12 @@ def lora_targets(arch: Arch, target_modules: Any) -> tuple[list[Linear], list[st
 
 
 def lora_param_count(arch: Arch, lora_cfg: Any) -> int:
-    mats, _ = lora_targets(arch, _plain(lora_cfg.target_modules))
-    r = int(lora_cfg.r)
-    per_layer = sum(m.count * (r * (m.fan_in + m.fan_out) + (m.fan_out if lora_cfg.get("use_dora") else 0))
-                    for m in mats)
-    return arch.layers * per_layer
+    r, total = int(lora_cfg.r), 0
+    for stack in stacks(arch):
+        mats, _ = lora_targets(arch, _plain(lora_cfg.target_modules), stack.mats)
+        total += stack.layers * sum(m.count * (r * (m.fan_in + m.fan_out) + (m.fan_out if lora_cfg.get("use_dora")
+                                                                             else 0)) for m in mats)
+    return total
 
 
 def _plain(value: Any) -> Any:
@@ -299,9 +348,60 @@ def notes(cfg: DictConfig) -> list[str]:
         if arch.experts and (cfg.quant.load_in_4bit or cfg.quant.load_in_8bit):
             out.append(f"model={model.name}: transformers stores the MoE experts as fused 3-D tensors, which "
                        "bitsandbytes does not quantize: they stay in the compute dtype (counted so here).")
-    if model.get("chat_template") is False:
+    if model.get("chat_template") is False and model.get("architecture", "causal_lm") != "seq2seq":
         out.append(f"model={model.name}: its tokenizer ships no chat template; the run's chat-format prompts need one.")
+    world, strategy = data_parallel(cfg.hardware)
+    if world > 1 and strategy in ("fsdp", "zero3") and cfg.eval.get("zero_shot") and not cfg.eval.get("only"):
+        out.append(f"hardware.strategy={strategy}: no process holds the whole model, so the zero-shot translation "
+                   "before training is skipped; after training every GPU translates in step and rank 0 scores.")
     return out
+
+
+STRATEGY_LABEL = {"ddp": "a full copy per process", "zero2": "optimizer state and gradients sharded",
+                  "fsdp": "weights, gradients and optimizer state sharded", "zero3": "weights, gradients and "
+                  "optimizer state sharded"}
+
+
+def data_parallel(hardware: Any) -> tuple[int, str]:
+    """(processes in all, strategy) of a hardware profile: hardware.num_processes x num_nodes, ddp/fsdp/zero2/zero3."""
+    world = int(hardware.get("num_processes", 1) or 1) * int(hardware.get("num_nodes", 1) or 1)
+    return world, str(hardware.get("strategy", "ddp"))
+
+
+def budget_gb(cfg: DictConfig, machine: Machine | None = None) -> float | None:
+    """Memory for one process: hardware.memory_gb (per GPU on CUDA), else this machine's GPU or RAM. On CPU the
+    processes of one node share the RAM, so each gets its share."""
+    hw = cfg.hardware
+    have = hw.memory_gb or (machine.memory_gb(hw.device) if machine is not None else None)
+    if have and hw.device == "cpu":
+        have /= max(1, int(hw.get("num_processes", 1) or 1))
+    return have
+
+
+def _data_parallel_rows(rows: list[Row], pc: ParamCount, layers: int, kind: str, a: int, grads: float,
+                        world: int, strategy: str) -> list[Row]:
+    """Per process, in several: divide what the strategy shards (in place), and return the rows it adds.
+
+    DDP keeps everything and an all-reduce bucket copy of the gradients; ZeRO-2 shards the optimizer state (the
+    gradients at the call site); FSDP and ZeRO-3 shard the weights and the adapter too, and gather them unit by
+    unit for compute: the root unit (embeddings, lm_head: FSDP does not reshard it) and two decoder layers (the
+    one computing, the one prefetched), at the bytes the weights are held in."""
+    if world <= 1:
+        return []
+    if strategy == "ddp":
+        return [Row("DDP gradient buckets", grads, "all-reduce copy of the gradients")] if grads else []
+    sharded_parts = ("optimizer",) if strategy == "zero2" else ("weights", "LoRA", "optimizer")
+    weight_bytes = sum(row.bytes for row in rows if row.what.startswith("weights"))
+    for row in rows:
+        if row.what.startswith(sharded_parts):
+            row.bytes /= world
+            row.how += f"; 1/{world} per process ({strategy})"
+    if strategy == "zero2":
+        return []
+    root = (pc.embedding + pc.lm_head) * (a if kind in ("4bit", "8bit") else DTYPE_BYTES.get(kind, a))
+    layer = max(0.0, weight_bytes - root) / max(1, layers)
+    return [Row("gathered for compute (transient)", root + 2 * layer,
+                "unsharded at a time: embeddings/lm_head + 2 decoder layers")]
 
 
 def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
@@ -314,7 +414,7 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
     train_batch, _, eval_batch, gen_batch = _batch(cfg)
     seq = int(cfg.train.max_length)
     new_tokens = int(cfg.generate.max_new_tokens) if "generate" in cfg else 64
-    have = hw.memory_gb or (machine.memory_gb(hw.device) if machine is not None else None)
+    have = budget_gb(cfg, machine)
     overhead = Row("runtime", CUDA_OVERHEAD if hw.device == "cuda" else CPU_OVERHEAD,
                    "CUDA context + cuBLAS workspace" if hw.device == "cuda" else "Python, torch and libraries in RAM")
     arch = Arch.from_cfg(cfg.model)
@@ -322,14 +422,15 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
         return _coarse_plan(cfg, kind, overhead, have)
 
     pc = count_params(arch)
-    linears = layer_linears(arch)
+    parts = stacks(arch)
     rows: list[Row] = []
     # Weights.
     if kind in ("4bit", "8bit"):
-        quantized = [m for m in linears if m.is_linear]
-        q_params = arch.layers * sum(m.count * m.fan_in * m.fan_out for m in quantized)
+        quantized = [(stack.layers, [m for m in stack.mats if m.is_linear]) for stack in parts]
+        q_params = sum(n * sum(m.count * m.fan_in * m.fan_out for m in mats) for n, mats in quantized)
         if kind == "4bit":
-            blocks = arch.layers * sum(m.count * math.ceil(m.fan_in * m.fan_out / NF4_BLOCK) for m in quantized)
+            blocks = sum(n * sum(m.count * math.ceil(m.fan_in * m.fan_out / NF4_BLOCK) for m in mats)
+                         for n, mats in quantized)
             if cfg.quant.get("bnb_4bit_use_double_quant", True):
                 scales = blocks * 1 + math.ceil(blocks / DQ_BLOCK) * 4
                 how = "0.5 B/param + 8-bit absmax per 64 + fp32 per 256 blocks"
@@ -338,14 +439,14 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
                 how = "0.5 B/param + fp32 absmax per 64"
             q_bytes = q_params / 2 + scales
         else:
-            q_bytes = q_params + arch.layers * sum(m.count * m.fan_out * 4 for m in quantized)
+            q_bytes = q_params + sum(n * sum(m.count * m.fan_out * 4 for m in mats) for n, mats in quantized)
             how = "1 B/param + fp32 scale per row"
         rows.append(Row(f"weights: quantized Linear layers ({q_params / 1e9:.2f}B)", q_bytes,
                         f"{QUANT_LABEL[kind]}: {how} = {q_bytes / q_params:.3f} B/param"))
         rest = pc.total - q_params
         rows.append(Row(f"weights: embeddings, lm_head, norms, biases ({rest / 1e9:.2f}B)", rest * a,
                         f"{compute} (bitsandbytes quantizes Linear layers only)"))
-        largest = max(m.fan_in * m.fan_out for m in quantized)
+        largest = max(m.fan_in * m.fan_out for _, mats in quantized for m in mats)
         dequant = Row("dequantized matrix (transient)", largest * a, f"largest Linear in {compute}")
     else:
         wb = DTYPE_BYTES[kind]
@@ -373,27 +474,42 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
         optim_how = "8-bit AdamW: 2 B/param" if eight_bit_optim else f"AdamW moments in {kind}: {2 * wb} B/param"
     if training:
         rows.append(Row("optimizer state", optim, optim_how))
+    world, strategy = data_parallel(hw)
+    if world > 1 and training and strategy != "ddp":  # ZeRO-2, FSDP and ZeRO-3 split the gradients
+        grads, grad_how = grads / world, f"{grad_how}, 1/{world} per process ({strategy})"
+    rows += _data_parallel_rows(rows, pc, sum(stack.layers for stack in parts), kind, a, grads if training else 0.0,
+                                world, strategy)
     rows.append(overhead)
     static = sum(r.bytes for r in rows)
 
     # Activations per token and layer (see the module docstring).
-    per_token_layer = _layer_activation_bytes(arch, cfg, a, kind, training)
+    per_stack = [(stack.layers, _layer_activation_bytes(arch, cfg, a, kind, training, stack)) for stack in parts]
+    layers = sum(n for n, _ in per_stack)
+    per_token_layer = sum(n * b for n, b in per_stack) / layers  # the mean over layers (encoder and decoder differ)
     forward_only = _forward_transient_bytes(arch, a)
-    loss_tile = lambda tokens: min(tokens, LOSS_TOKEN_TILE) * min(arch.vocab, LOSS_VOCAB_TILE) * a  # noqa: E731
+    if arch.decoder_layers:  # encoder-decoder: no fused loss, the logits are materialized (module docstring)
+        loss_name, loss_how = "loss (logits)", f"final hidden states + fp32 gradient + {a + 12} B per logit"
+        loss_tile = lambda tokens: tokens * arch.vocab * (a + 12)  # noqa: E731
+        eval_logits = lambda tokens: tokens * arch.vocab * (a + 4)  # noqa: E731
+    else:
+        loss_name, loss_how = "loss (fused LM head)", "final hidden states + fp32 gradient + one logits tile"
+        loss_tile = lambda tokens: min(tokens, LOSS_TOKEN_TILE) * min(arch.vocab, LOSS_VOCAB_TILE) * a  # noqa: E731
+        eval_logits = loss_tile
     peaks: dict[str, tuple[float, list[Row]]] = {}
     if training:
         tokens = train_batch * seq
         if hw.gradient_checkpointing:
-            act = (arch.layers * a * arch.hidden + per_token_layer) * tokens
-            act_how = f"checkpointing: {arch.layers} layer inputs + 1 layer recomputed ({per_token_layer / 1e3:.0f} kB/token)"
+            act = (layers * a * arch.hidden + max(b for _, b in per_stack)) * tokens
+            act_how = (f"checkpointing: {layers} layer inputs + 1 layer recomputed "
+                       f"({per_token_layer / 1e3:.0f} kB/token)")
         else:
-            act = arch.layers * per_token_layer * tokens
-            act_how = f"{arch.layers} layers x {per_token_layer / 1e3:.0f} kB/token"
-        act += 4 * arch.hidden * tokens  # the final norm
+            act = layers * per_token_layer * tokens
+            act_how = f"{layers} layers x {per_token_layer / 1e3:.0f} kB/token"
+        act += 4 * arch.hidden * tokens * len(parts)  # the final norm(s)
         loss = (a + 4) * arch.hidden * tokens + loss_tile(tokens) + (0 if lora.enabled else 4 * arch.vocab * arch.hidden)
         added = [Row("gradients", grads, grad_how),
                  Row(f"activations (batch {train_batch} x {seq} tokens)", act, act_how),
-                 Row("loss (fused LM head)", loss, "final hidden states + fp32 gradient + one logits tile")]
+                 Row(loss_name, loss, loss_how)]
         if dequant:
             added.append(dequant)
         peaks["training step"] = (static + sum(r.bytes for r in added), added)
@@ -401,12 +517,13 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
     eval_tokens = eval_batch * seq
     added = [Row(f"forward, one layer at a time (eval batch {eval_batch} x {seq})", forward_only * eval_tokens,
                  f"{forward_only / 1e3:.0f} kB/token, no gradients"),
-             Row("loss (fused LM head)", a * arch.hidden * eval_tokens + loss_tile(eval_tokens), "")]
+             Row(loss_name, a * arch.hidden * eval_tokens + eval_logits(eval_tokens), "")]
     if dequant:
         added.append(dequant)
     peaks["evaluation (dev loss)"] = (static + sum(r.bytes for r in added), added)
 
-    kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * a * gen_batch * (seq + new_tokens)
+    # The (decoder's) KV cache; an encoder-decoder's holds its cross-attention keys/values for the source too.
+    kv = 2 * parts[-1].layers * arch.kv_heads * arch.head_dim * a * gen_batch * (seq + new_tokens)
     added = [Row(f"KV cache (batch {gen_batch} x {seq + new_tokens})", kv, compute),
              Row("prefill, one layer at a time", forward_only * gen_batch * seq, "")]
     if dequant:
@@ -417,23 +534,25 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
     return Plan(cfg.model.name, kind, hw.device, pc.total, rows, peaks, have, notes(cfg), lora_n, unmatched, floor)
 
 
-def _layer_activation_bytes(arch: Arch, cfg: DictConfig, a: int, kind: str, training: bool = True) -> float:
-    """Bytes saved for backward per token in one decoder layer (the module docstring's table)."""
-    h, inter, attn = arch.hidden, arch.intermediate, arch.heads * arch.head_dim
+def _layer_activation_bytes(arch: Arch, cfg: DictConfig, a: int, kind: str, training: bool = True,
+                            stack: Stack | None = None) -> float:
+    """Bytes saved for backward per token in one layer of ``stack`` (default: the decoder-only model's layer)."""
+    stack = stack or stacks(arch)[0]
+    h, inter, attn, blocks = arch.hidden, arch.intermediate, arch.heads * arch.head_dim, stack.attention_blocks
     experts = max(1, arch.experts_per_token or 1)
-    total = arch.norms_per_layer * 4 * h + 4 * a * attn + (4 if arch.mlp == "plain" else 3) * a * inter * experts
-    parallel = arch.norms_per_layer == 1  # Phi-2: attention and MLP read the same normed input
-    linear_inputs = a * (h + attn + (0 if parallel else h) + inter * experts)
+    total = stack.norms * 4 * h + blocks * 4 * a * attn + (4 if arch.mlp == "plain" else 3) * a * inter * experts
+    parallel = stack.norms == 1  # Phi-2: attention and MLP read the same normed input
+    linear_inputs = a * (blocks * (h + attn) + (0 if parallel else h) + inter * experts)
     lora = cfg.lora
     if lora.enabled:
-        mats, _ = lora_targets(arch, _plain(lora.target_modules))
+        mats, _ = lora_targets(arch, _plain(lora.target_modules), stack.mats)
         mask = 1 if float(lora.get("dropout", 0.0)) > 0 else 0
         for m in mats:
             total += m.count * ((mask + a) * m.fan_in + a * int(lora.r) + (a * m.fan_out if lora.get("use_dora") else 0))
         if kind == "8bit":
             total += linear_inputs
     else:
-        total += linear_inputs + a * h * arch.norms_per_layer
+        total += linear_inputs + a * h * stack.norms
     return float(total)
 
 
@@ -523,6 +642,9 @@ def suggestions(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> 
     lower = [(option, rank) for option, rank in lower if rank < current]
     tier = 3 if have >= 40 else 2 if have >= 24 else 1
     steps: list[dict[str, Any]] = []
+    world, strategy = data_parallel(cfg.hardware)
+    if world > 1 and cfg.hardware.device == "cuda" and strategy in ("ddp", "zero2") and not cfg.quant.load_in_8bit:
+        steps.append({"hardware.strategy": "fsdp"})  # several GPUs: shard the weights before lowering precision
     if lower:
         steps.append({"quant": next((option for option, rank in lower if rank <= tier), lower[-1][0])})
     hw, train = cfg.hardware, cfg.train
@@ -638,6 +760,11 @@ def format_plan(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> 
                  f"{adapter}, batch {train_batch} x {cfg.train.max_length} tokens (x{accumulation} accumulation), "
                  f"eval batch {eval_batch}, gradient checkpointing {'on' if hw.gradient_checkpointing else 'off'}, "
                  f"optim {hw.optim}" + (", evaluation only" if cfg.eval.get("only") else ""))
+    world, strategy = data_parallel(hw)
+    if world > 1:
+        lines.append(f"{world} processes ({hw.get('num_processes', 1)} per node x {hw.get('num_nodes', 1)} nodes), "
+                     f"strategy {strategy} ({STRATEGY_LABEL.get(strategy, '?')}); global batch "
+                     f"{train_batch * accumulation * world}; every figure below is per process")
     lines.append("")
     width = max([len(r.what) for r in plan.rows] + [len(r.what) + 4 for _, rows in plan.peaks.values() for r in rows]
                 + [40]) + 2
@@ -656,6 +783,8 @@ def format_plan(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> 
     if plan.have_gb:
         source = (f"hardware={hw.name} memory_gb" if hw.memory_gb else
                   f"this machine's {'GPU' if hw.device == 'cuda' else 'RAM'}")
+        if hw.device == "cpu" and hw.get("num_processes", 1) > 1:
+            source += f", shared by {hw.num_processes} processes"
         lines.append(f"memory: {plan.have_gb:.1f} GB ({source}); usable with {HEADROOM:.0%} headroom: "
                      f"{plan.usable_gb:.1f} GB")
         verdict = "fits" if plan.fits else "does not fit"

@@ -6,7 +6,9 @@ are) in seconds, before a model is loaded. ``execute`` is the heavy part, inside
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import os
 import resource
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from slt_hydra import tracking, validate
+from slt_hydra import distributed, tracking, validate
 from slt_hydra.data import Example, load_splits, to_prompt_completion
 from slt_hydra.errors import SetupError
 from slt_hydra.machine import Machine, auto_hardware_profile, detect_machine
@@ -78,32 +80,85 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(machine, splits, counts, source)
 
 
-def run(cfg: DictConfig) -> float:
+def objective_value(cfg: DictConfig, metrics: dict) -> float | list[float] | None:
+    """What a sweeper gets back: eval.objective's value, or a list of values when it names several metrics
+    (Optuna's multi-objective search). None when one is missing or not finite (a failed job): Optuna then marks
+    the trial FAIL and goes on, where a NaN would stop its sweep; the basic sweeper ignores return values."""
+    names = [cfg.eval.objective] if isinstance(cfg.eval.objective, str) else list(cfg.eval.objective)
+    values = [float(metrics.get(name, float("nan"))) for name in names]
+    if not all(math.isfinite(value) for value in values):
+        return None
+    return values[0] if isinstance(cfg.eval.objective, str) else values
+
+
+def run(cfg: DictConfig) -> float | list[float] | None:
     """Run one job. Single run: bad input raises SetupError. Sweep job: every failure is recorded
-    in the job's MLflow child run and NaN is returned, so the sweep goes on."""
+    in the job's MLflow child run and None is returned, so the sweep goes on."""
+    if not distributed.is_main():  # ranks 1..N-1 under torchrun: train along with rank 0, log nothing
+        log.setLevel(logging.WARNING)
+        with distributed.rank_errors(cfg):
+            return execute(cfg, prepare(cfg))
+    if distributed.launcher_run_id():  # rank 0 of the torchrun `python -m slt_hydra` started: log into its run
+        with distributed.rank_errors(cfg), distributed.launcher_run(cfg):
+            return execute(cfg, prepare(cfg))
     choices, sweep_dir, overrides = tracking.hydra_runtime()
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")}
     base_name = cfg.mlflow.run_name or "-".join(
         str(choices.get(group, cfg[group].get("name", group))) for group in ("model", "quant", "lora"))
     if sweep_dir is None:
         prepared = prepare(cfg)
-        with tracking.job_run(cfg, None, base_name, tags):
+        with tracking.job_run(cfg, None, base_name, tags, resume_run_id=tracking.run_to_resume(cfg)):
             tracking.log_config(cfg)
             return execute(cfg, prepared)
 
     parent = tracking.sweep_parent(sweep_dir)
+    key = tracking.job_key(command_line_overrides())
+    earlier = tracking.previous_child(cfg, parent, key) if parent else None
+    if earlier is not None and earlier.data.tags.get(tracking.STATUS_TAG) in ("finished", "invalid"):
+        log.info("resumed sweep: job %s already ended %s in run %s, skipped", key,
+                 earlier.data.tags[tracking.STATUS_TAG], earlier.info.run_id)
+        return objective_value(cfg, earlier.data.metrics)
     try:
-        with tracking.job_run(cfg, parent, (overrides or base_name)[:200], tags):
+        name = tracking.child_name(sweep_dir, command_line_overrides(), overrides or base_name)
+        with tracking.job_run(cfg, parent, name, {**tags, tracking.JOB_TAG: key},
+                              resume_run_id=earlier.info.run_id if earlier else None):
             try:
                 prepared = prepare(cfg)
             finally:  # a refused job keeps its config too, with hardware=auto resolved if it got that far
                 tracking.log_config(cfg)
             return execute(cfg, prepared)
     except KeyboardInterrupt:
+        tracking.end_parent_killed(sweep_dir)
         raise
     except Exception as error:  # recorded in MLflow by job_run; the basic sweeper would stop on a raise
         log.error("job failed, recorded in MLflow, the sweep goes on: %s", error)
-        return float("nan")
+        return None
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """With train.resume=auto, the newest checkpoint-N/ in output_dir, if the active run wrote it.
+
+    Claims output_dir for the active run either way, so a later resume knows whose checkpoints these are."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    mine = tracking.claim_output_dir(output_dir, active.info.run_id, cfg.mlflow.tracking_uri)
+    if cfg.train.resume != "auto":
+        return None
+    # The newest complete one: the Trainer writes trainer_state.json last, so a kill mid-save leaves none.
+    complete = [path for path in output_dir.glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    checkpoint = str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+    if checkpoint and not mine:
+        log.warning("train.resume=auto: %s is another run's checkpoint, not resumed; training from the start",
+                    checkpoint)
+        return None
+    if checkpoint is None:
+        log.info("train.resume=auto: no checkpoint-N/ in %s yet, training from the start", output_dir)
+    return checkpoint
 
 
 def reset_peak_memory(device: str) -> None:
@@ -146,9 +201,15 @@ def sft_config(cfg: DictConfig, output_dir: Path):
     SFTConfig's own defaults (bf16=True, gradient_checkpointing=True) are a trap on CPU."""
     from trl import SFTConfig
 
+    return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir))
+
+
+def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
+    """The Trainer arguments from the train and hardware groups, shared by SFTConfig and the seq2seq path's
+    Seq2SeqTrainingArguments (slt_hydra/seq2seq.py)."""
     hw, train = cfg.hardware, cfg.train
     on_cuda = hw.device == "cuda"
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps,
@@ -157,7 +218,6 @@ def sft_config(cfg: DictConfig, output_dir: Path):
         lr_scheduler_type=train.lr_scheduler_type,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
-        max_length=train.max_length,
         per_device_train_batch_size=train.per_device_train_batch_size or hw.per_device_train_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps or hw.gradient_accumulation_steps,
         per_device_eval_batch_size=hw.per_device_eval_batch_size,
@@ -183,10 +243,13 @@ def sft_config(cfg: DictConfig, output_dir: Path):
         save_only_model=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **distributed.trainer_kwargs(cfg),  # several processes: gloo/nccl, FSDP or DeepSpeed (distributed.py)
     )
 
 
-def execute(cfg: DictConfig, prepared: Prepared) -> float:
+def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
+    if distributed.should_launch(cfg):  # hardware.num_processes > 1: torchrun runs this job; rank 0 logs here
+        return objective_value(cfg, distributed.launch(cfg))
     import mlflow
     import torch
     from transformers import EarlyStoppingCallback, set_seed
@@ -198,7 +261,10 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
     output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if not distributed.is_main():  # other ranks log nothing (an mlflow call with no active run would start one)
+        mlflow = distributed.NoTracking()
+    checkpoint = resume_checkpoint(cfg, output_dir)
+    done_before = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics if checkpoint else {}
 
     mlflow.set_tags({
         "model": cfg.model.name, "model_family": cfg.model.family, "params_b": str(cfg.model.params_b),
@@ -210,6 +276,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     estimate = validate.estimate_memory_gb(cfg)
     if estimate is not None:
         mlflow.log_metric("memory_estimate_gb", estimate)
+    if cfg.model.architecture == "seq2seq":  # T5, NLLB: transformers' Seq2SeqTrainer, same metrics
+        from slt_hydra import seq2seq
+
+        return seq2seq.execute(cfg, prepared, output_dir, started, checkpoint, done_before)
+
+    # FSDP/ZeRO-3: the training arguments first, so the process group and DeepSpeed's config exist at load time.
+    args = sft_config(cfg, output_dir) if distributed.sharded(cfg.hardware) and not cfg.eval.only else None
 
     # Model.
     t = time.perf_counter()
@@ -247,6 +320,8 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     def score_splits(generator, zero_shot: list[str] | None = None, shots_for=None) -> None:
         for split in cfg.eval.splits:
             hypotheses = translate_and_score(generator, split, "", shots_for)
+            if not distributed.is_main():  # FSDP/ZeRO-3: every rank translates in step, rank 0 writes
+                continue
             path = output_dir / f"predictions_{split}.csv"
             write_predictions(path, splits[split], hypotheses, zero_shot if split == "test" else None)
             mlflow.log_artifact(str(path), "predictions")
@@ -256,12 +331,12 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
                                   "hypothesis": hypotheses, **({"zero_shot": zero_shot} if zero_shot else {})},
                                  artifact_file="predictions/test_table.json")
 
-    def finish() -> float:
+    def finish() -> float | list[float] | None:
         wall = time.perf_counter() - started
         log_metrics({"wall_seconds": wall, "peak_memory_gb": peak_memory_gb(cfg.hardware.device)})
-        objective = logged[cfg.eval.objective]
-        log.info("done in %.0fs; %s = %.2f; outputs in %s", wall, cfg.eval.objective, objective, output_dir)
-        return float(objective)
+        objective = objective_value(cfg, logged)
+        log.info("done in %.0fs; %s = %s; outputs in %s", wall, cfg.eval.objective, objective, output_dir)
+        return objective
 
     if cfg.eval.only:  # score the base model, or a saved adapter, with k-shot prompts if asked
         from slt_hydra.fewshot import shot_picker
@@ -279,7 +354,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
     mlflow.set_tag("mode", "train")
 
     # Zero-shot: the same model before training, on the test split (the before/after comparison).
-    zero_shot = translate_and_score(model, "test", "zeroshot_") if cfg.eval.zero_shot else None
+    zero_shot, zero_shot_file = None, output_dir / "zeroshot_test.json"
+    if cfg.eval.zero_shot and "zeroshot_test_bleu4" in done_before and zero_shot_file.is_file():
+        zero_shot = json.loads(zero_shot_file.read_text())  # resumed: scored before the interruption
+    elif cfg.eval.zero_shot and distributed.is_main() and not distributed.sharded(cfg.hardware):
+        # (rank 0 alone; FSDP/ZeRO-3 skip it: no process holds the whole model before training)
+        zero_shot = translate_and_score(model, "test", "zeroshot_")
+        zero_shot_file.write_text(json.dumps(zero_shot, ensure_ascii=False))
 
     # Train: TRL SFT on prompt-completion conversations, loss on the completion only.
     evaluate_dev = cfg.train.eval_strategy != "no"
@@ -288,7 +369,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, output_dir),  # checkpoint-N/ folders land beside the predictions
+        args=args or sft_config(cfg, output_dir),  # checkpoint-N/ folders land beside the predictions
         train_dataset=to_prompt_completion(splits["train"], cfg.dataset),
         eval_dataset=to_prompt_completion(splits["dev"], cfg.dataset) if evaluate_dev else None,
         processing_class=tokenizer,
@@ -296,10 +377,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         callbacks=callbacks,
     )
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
-    if evaluate_dev:  # dev loss before training (fresh LoRA adapters are a no-op): the other before/after
-        loss = trainer.evaluate()["eval_loss"]
+    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # dev loss before training (fresh LoRA
+        loss = trainer.evaluate()["eval_loss"]                       # adapters are a no-op): the other before/after
         log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
-    result = trainer.train()
+    if checkpoint:
+        log.info("train.resume=auto: continuing from %s", checkpoint)
+        mlflow.set_tag("resumed_from", Path(checkpoint).name)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = result.metrics["train_runtime"]
     tokens = trainer.state.num_input_tokens_seen
     log_metrics({
@@ -312,14 +396,17 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float:
         loss = trainer.evaluate()["eval_loss"]
         log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
 
-    # Translate and score the requested splits with the trained model.
-    score_splits(trainer.model, zero_shot)
-
-    # The adapter (or the full model, without LoRA) and its tokenizer.
+    # The adapter (or the full model, without LoRA) and its tokenizer. Saved before translating: in several
+    # processes every rank takes part (FSDP/ZeRO-3 gather the shards) and rank 0 writes.
     adapter_dir = output_dir / ("adapter" if cfg.lora.enabled else "model")
     trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    if not distributed.translates(cfg):  # DDP/ZeRO-2: rank 0 translates with its full copy; this rank is done
+        return None
+    if distributed.is_main():
+        tokenizer.save_pretrained(str(adapter_dir))
     if cfg.mlflow.log_adapter and cfg.lora.enabled:
         mlflow.log_artifacts(str(adapter_dir), "adapter")
 
+    # Translate and score the requested splits with the trained model.
+    score_splits(trainer.model, zero_shot)
     return finish()

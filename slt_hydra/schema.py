@@ -39,6 +39,8 @@ class ArchConfig:
     norms_per_layer: int = 2  # Gemma-2: 4 (pre/post attention and MLP); Phi-2: 1 (parallel attention + MLP)
     fused_qkv: bool = False  # one qkv_proj Linear instead of q/k/v_proj (Phi-3)
     fused_gate_up: bool = False  # one gate_up_proj Linear instead of gate/up_proj (Phi-3)
+    decoder_layers: Optional[int] = None  # encoder-decoder (T5, NLLB): decoder layers; num_layers = encoder layers
+    relative_attention_buckets: Optional[int] = None  # T5: relative position buckets (a buckets x heads table/stack)
 
 
 @dataclass
@@ -66,6 +68,10 @@ class ModelConfig:
     template_family: Optional[str] = None  # chat format: chatml | llama3 | llama2 | mistral | gemma | phi3 | none
     reasoning: bool = False  # a reasoning model (long thinking before answering): warned about, not refused
     arch: Optional[ArchConfig] = None  # config.json numbers for the memory planner; null = coarse estimate
+    architecture: str = "causal_lm"  # causal_lm (SFTTrainer, chat prompts) | seq2seq (T5, NLLB: Seq2SeqTrainer)
+    source_prefix: Optional[str] = None  # seq2seq: text put before each source ({source_lang}, {target_lang} filled in)
+    src_lang: Optional[str] = None  # seq2seq with language codes (NLLB): source code; null = tgt_lang (seq2seq.py)
+    tgt_lang: Optional[str] = None  # seq2seq with language codes (NLLB): target code; null = from dataset.target_lang
     recommended: Optional[RecommendedConfig] = None  # the guides' LoRA rank/alpha/targets and learning rate
 
 
@@ -103,6 +109,10 @@ class HardwareConfig:
     gradient_accumulation_steps: int = 1
     per_device_eval_batch_size: int = 32  # batch for dev loss and for translation
     torch_threads: Optional[int] = None  # CPU threads; null = torch default (all cores)
+    num_processes: int = 1  # data-parallel processes per node, one per GPU; > 1: started with torchrun (distributed.py)
+    num_nodes: int = 1  # nodes (started by the cluster, one task per GPU); the planner divides by processes x nodes
+    strategy: str = "ddp"  # ddp (a full copy per process) | fsdp | zero2 | zero3 (DeepSpeed): what is sharded
+    deepspeed_config: Optional[str] = None  # zero2/zero3: a DeepSpeed JSON; null = conf/deepspeed/<strategy>.json
 
 
 @dataclass
@@ -152,6 +162,7 @@ class TrainConfig:
     load_best_model_at_end: bool = True  # keep the checkpoint with the lowest dev loss
     early_stopping_patience: Optional[int] = None  # evaluations without dev-loss improvement before stopping
     seed: int = 42
+    resume: str = "no"  # no | auto: continue from output_dir's newest checkpoint-N/ and its MLflow run
 
 
 @dataclass
@@ -170,7 +181,7 @@ class GenerateConfig:
 class EvalConfig:
     zero_shot: bool = True  # translate the test split with the untrained model first (before/after)
     splits: List[str] = field(default_factory=lambda: ["dev", "test"])  # splits translated after training
-    objective: str = "dev_bleu4"  # metric returned to sweepers
+    objective: Any = "dev_bleu4"  # metric returned to sweepers; a list of names = several (Optuna multi-objective)
     only: bool = False  # true: no training; score the base model (or eval.adapter) on eval.splits
     adapter: Optional[str] = None  # a trained LoRA adapter directory to score (with eval.only=true)
     shots: int = 0  # k-shot prompts in eval.only runs: k train pairs as demonstration turns
@@ -186,6 +197,12 @@ class MlflowConfig:
 
 
 @dataclass
+class SweepConfig:
+    name: str = MISSING  # a --multirun's name: its directory multirun/NAME and parent run; ??? = a timestamp
+    resume: bool = True  # a named sweep run again reuses its parent and skips the jobs that already finished
+
+
+@dataclass
 class SltConfig:
     model: ModelConfig = MISSING
     quant: QuantConfig = MISSING
@@ -196,6 +213,7 @@ class SltConfig:
     generate: GenerateConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     cache_dir: str = MISSING  # where converted models (the embedded GGUF) are cached
     output_dir: str = MISSING  # this job's directory (Hydra's run/sweep dir)
 

@@ -6,12 +6,14 @@ Single runs raise them as one SetupError; sweep jobs record them in MLflow and m
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from slt_hydra import plan as planner
+from slt_hydra.distributed import SHARDED, STRATEGIES
 from slt_hydra.machine import Machine
 from slt_hydra.plan import weights_kind  # noqa: F401  (re-exported: 4bit | 8bit | float32 | float16 | bfloat16)
 from slt_hydra.tracking import SECRET_KEY
@@ -82,6 +84,35 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     if on_cpu and ("paged" in hw.optim or "8bit" in hw.optim):
         problems.append(f"hardware.optim={hw.optim} needs CUDA: use hardware.optim=adamw_torch on CPU.")
 
+    # Several processes (slt_hydra/distributed.py): what each strategy can shard, and where it runs.
+    if hw.num_processes < 1 or hw.num_nodes < 1:
+        problems.append(f"hardware.num_processes={hw.num_processes} and hardware.num_nodes={hw.num_nodes} "
+                        "must be >= 1.")
+    if hw.strategy not in STRATEGIES:
+        problems.append(f"hardware.strategy={hw.strategy}: use ddp, fsdp, zero2 or zero3.")
+    elif hw.strategy != "ddp":
+        if on_cpu:
+            problems.append(f"hardware.strategy={hw.strategy} needs CUDA GPUs: on CPU only ddp runs "
+                            "(hardware=cpu_ddp2).")
+        if hw.num_processes * hw.num_nodes == 1:
+            problems.append(f"hardware.strategy={hw.strategy} shards across processes and there is one: set "
+                            "hardware.num_processes=N (one per GPU), or hardware.strategy=ddp.")
+        if hw.strategy in SHARDED and quant.load_in_8bit:
+            problems.append(f"quant=8bit with hardware.strategy={hw.strategy}: LLM.int8 weights cannot be sharded. "
+                            "Use quant=4bit (QLoRA: the NF4 weights are then stored in the compute dtype, which "
+                            "FSDP and ZeRO-3 can shard), or hardware.strategy=ddp / zero2.")
+        if hw.strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"hardware.strategy={hw.strategy} needs DeepSpeed, which is not installed: "
+                            "`pip install deepspeed` on the GPU machine, or use hardware.strategy=fsdp.")
+    if hw.num_processes * hw.num_nodes > 1 and not cfg.eval.only:  # what the ranks do not share yet
+        if cfg.model.get("architecture", "causal_lm") == "seq2seq":
+            problems.append(f"hardware={hw.name} runs {hw.num_processes * hw.num_nodes} processes, and "
+                            "model.architecture=seq2seq trains in one: use a single-process profile "
+                            "(hardware=cpu / gpu_80gb, or hardware.num_processes=1).")
+        if cfg.train.get("resume", "no") == "auto":
+            problems.append("train.resume=auto resumes one process only: with several, every rank must restart "
+                            "from the same checkpoint, which is not done yet. Use hardware.num_processes=1 to resume.")
+
     # Precision the hardware cannot compute.
     for what, dtype in (("quant", quant.weights_dtype), ("hardware.dtype", hw.dtype)):
         if dtype == "bfloat16":
@@ -127,6 +158,13 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     if cfg.eval.shots < 0:
         problems.append(f"eval.shots={cfg.eval.shots} must be >= 0.")
 
+    # Sequence-to-sequence models (T5, NLLB: slt_hydra/seq2seq.py): no chat prompt, so no k-shot turns.
+    architecture = cfg.model.get("architecture", "causal_lm")
+    if architecture not in ("causal_lm", "seq2seq"):
+        problems.append(f"model.architecture={architecture}: use causal_lm (decoder-only LLMs) or seq2seq (T5, NLLB).")
+    elif architecture == "seq2seq":
+        problems += _seq2seq_problems(cfg)
+
     # Training schedule.
     if training and train.load_best_model_at_end:
         if train.eval_strategy == "no":
@@ -140,6 +178,12 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     for kind in ("eval", "save"):
         if train[f"{kind}_strategy"] == "steps" and not train[f"{kind}_steps"]:
             problems.append(f"train.{kind}_strategy=steps needs train.{kind}_steps=N.")
+    if train.resume not in ("no", "auto"):
+        problems.append(f"train.resume={train.resume}: use auto (continue from this output dir's newest "
+                        "checkpoint and MLflow run) or no.")
+    elif training and train.resume == "auto" and train.save_strategy == "no":
+        problems.append("train.resume=auto needs checkpoints to resume from: set train.save_strategy=steps "
+                        "train.save_steps=N (or epoch).")
     if training and train.num_train_epochs <= 0 and train.max_steps <= 0:
         problems.append("nothing to train: set train.num_train_epochs > 0 or train.max_steps > 0.")
 
@@ -152,19 +196,23 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
 
     # What the sweepers optimize must be something the run computes.
     computed = {f"{split}_{score}" for split in cfg.eval.splits for score in SCORES}
+    computed |= {"peak_memory_gb", "wall_seconds"}  # every run logs these last (the multi-objective trade-offs)
     if training and train.eval_strategy != "no":
         computed |= {"dev_loss", "dev_perplexity"}
-    if cfg.eval.objective not in computed:
-        problems.append(
-            f"eval.objective={cfg.eval.objective} is not computed: use <split>_<score> with split in "
-            f"eval.splits {list(cfg.eval.splits)} and score in {list(SCORES)} (e.g. dev_bleu4), or dev_loss."
-        )
+    objectives = [cfg.eval.objective] if isinstance(cfg.eval.objective, str) else list(cfg.eval.objective)
+    for objective in objectives:
+        if objective not in computed:
+            problems.append(
+                f"eval.objective={objective} is not computed: use <split>_<score> with split in "
+                f"eval.splits {list(cfg.eval.splits)} and score in {list(SCORES)} (e.g. dev_bleu4), dev_loss, "
+                "peak_memory_gb or wall_seconds (a list of them for a multi-objective search)."
+            )
 
     # Will it fit? (GB of RAM on CPU, of GPU memory on CUDA.) With arch numbers, the memory planner: refused when
     # what the run holds before its first token (weights, adapter, gradients, optimizer state, runtime) exceeds
     # the budget less 10% headroom; only warned when the peak with every sequence at train.max_length (the
     # planner's worst case: batches are padded to their longest example) does. Without, the coarse estimate.
-    have = hw.memory_gb or machine.memory_gb(hw.device)
+    have = planner.budget_gb(cfg, machine)  # per GPU; on CPU the RAM shared out between the processes
     if have and cfg.model.get("arch"):
         plan = planner.plan_memory(cfg, machine)  # the machine only changes the verdict, not the totals
         need = plan.total_gb
@@ -197,6 +245,26 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
 
     for note in warnings(cfg):  # not fatal: logged, the run goes on
         log.warning(note)
+    return problems
+
+
+def _seq2seq_problems(cfg: DictConfig) -> list[str]:
+    """model.architecture=seq2seq: what the encoder-decoder path cannot do, or needs."""
+    from slt_hydra.seq2seq import LANG_CODES, language_codes
+
+    problems = []
+    if cfg.eval.shots:
+        problems.append(f"eval.shots={cfg.eval.shots} with model.architecture=seq2seq: k-shot prompts are chat turns "
+                        "for decoder-only LLMs; an encoder-decoder reads one source. Use eval.shots=0.")
+    if cfg.model.get("gguf") and not cfg.model.get("path"):  # the embedded SmolLM2
+        problems.append(f"model={cfg.model.name} is a decoder-only LLM: model.architecture=seq2seq needs an "
+                        "encoder-decoder (model=t5_base, model=nllb_200_distilled_600m, or model=local "
+                        "model.path=DIR).")
+    codes = language_codes(cfg)
+    if codes and None in codes:
+        problems.append(f"model={cfg.model.name} needs FLORES-200 language codes and none is known for "
+                        f"dataset.target_lang={cfg.dataset.target_lang!r} (known: {', '.join(sorted(LANG_CODES))}): "
+                        "set model.tgt_lang=CODE and model.src_lang=CODE (e.g. deu_Latn).")
     return problems
 
 
