@@ -1,0 +1,69 @@
+"""translate()'s shared-prefix KV cache: the batch's common first tokens are run once, and nothing changes."""
+from __future__ import annotations
+
+import torch
+
+import slt_hydra.translate as translate_module
+from slt_hydra.data import build_messages
+from slt_hydra.translate import shared_prefix, translate
+
+GLOSSES = ["IX-1 LIKE BOOK", "NEXT-WEEK fs-JOHN VISIT GRANDMOTHER HOUSE WHY", "TOMORROW RAIN",
+           "POSS-2 CAT SLEEP WHERE", "YESTERDAY IX-3 BUY NEW CAR NOT"]
+
+
+def load(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def test_shared_prefix_gives_the_same_translations(tiny_model, make_cfg, monkeypatch):
+    cfg = make_cfg("model=local", f"model.path={tiny_model}", "generate.max_new_tokens=8")
+    model, tokenizer = load(tiny_model)
+    calls = []  # (cache passed?, the new token ids) of every generate call: the random model's text can be empty
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        out = generate(**kwargs)
+        calls.append(("past_key_values" in kwargs, out[:, kwargs["input_ids"].shape[1]:].clone()))
+        return out
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    shared = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
+    monkeypatch.setattr(translate_module, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
+    plain = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
+    assert shared == plain
+    (cached, shared_ids), (not_cached, plain_ids) = calls
+    assert cached and not not_cached
+    assert torch.equal(shared_ids, plain_ids)
+
+
+def test_shared_prefix_caches_the_system_turn_and_keeps_the_scores(tiny_model, make_cfg):
+    cfg = make_cfg("model=local", f"model.path={tiny_model}")
+    model, tokenizer = load(tiny_model)
+    prompts = [tokenizer.apply_chat_template(build_messages(g, cfg.dataset), add_generation_prompt=True,
+                                             tokenize=False) for g in GLOSSES]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    laid_out = shared_prefix(model, enc, tokenizer.pad_token_id)
+    system_turn = tokenizer.apply_chat_template([{"role": "system", "content": cfg.dataset.system_prompt}],
+                                                tokenize=False)
+    assert laid_out["past_key_values"].get_seq_length() >= len(tokenizer(system_turn)["input_ids"])
+    assert laid_out["input_ids"].shape == enc["input_ids"].shape
+    assert laid_out["attention_mask"].sum() == enc["attention_mask"].sum()
+    settings = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                    pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        plain = model.generate(**enc, **settings)
+        shared = model.generate(**laid_out, **settings)
+    assert torch.equal(plain.sequences[:, enc["input_ids"].shape[1]:], shared.sequences[:, enc["input_ids"].shape[1]:])
+    for a, b in zip(plain.scores, shared.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_no_shared_prefix_for_a_single_prompt(tiny_model, make_cfg):
+    model, tokenizer = load(tiny_model)
+    enc = tokenizer(["just one prompt here"], return_tensors="pt", add_special_tokens=False)
+    assert "past_key_values" not in shared_prefix(model, enc, tokenizer.pad_token_id)
