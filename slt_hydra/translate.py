@@ -75,9 +75,9 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
 def shared_prefix(model, enc, pad_token_id: int) -> dict:
     """Run the batch's common first tokens (the system turn of a chat prompt, ~40 % of a demo prompt) once and
     share their KV cache across the batch; generate then prefills only what differs. The rows are re-laid out
-    as [prefix][padding][rest], same width, so the new tokens still start at the same column. Greedy outputs
-    are the same as without it (positions come from the attention mask); prefill is most of a short
-    translation's compute on CPU, where this gave ~1.3x translations/s (docs/benchmarks.md)."""
+    as [prefix][padding][rest], same width, so the new tokens still start at the same column; positions come
+    from the attention mask, so the outputs do not change (200/200 identical on the demo, fp32). Prefill is most
+    of a short translation's compute on CPU: this gave 1.4x translations/s at batch 64 (docs/benchmarks.md)."""
     import torch
     from transformers import DynamicCache
 
