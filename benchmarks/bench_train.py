@@ -1,7 +1,8 @@
 """Training throughput: our run against plain TRL, same model, data, optimizer steps and global batch.
 
-    python -m benchmarks.bench_train --steps 12 --reps 3          # alternates ours / trl_tuned, prints medians
+    python -m benchmarks.bench_train --steps 9 --reps 3           # alternates the contenders, prints medians
     python -m benchmarks.bench_train --steps 2 --reps 1 --guide   # + the guides' QLoRA recipe, 1 step, once
+    python -m benchmarks.bench_train --contenders ours --sft-extra '{"padding_free": true, "max_length": null}'
 
 Contenders (each in its own process; all train SmolLM2-135M-Instruct with LoRA r16 on q/k/v/o on the 600 demo
 train pairs for STEPS optimizer steps of 16 sequences; 9 steps = the first of the length-grouped sampler's
@@ -20,8 +21,8 @@ megabatches of 144, transformers' heuristic for 600 pairs at batch 16, so ours t
 
 Every contender's tokens are counted the same way, by a wrapper around its data collator: real tokens = the
 tokenized examples' lengths (no padding), target tokens = their non -100 labels, padded tokens = the collated
-batch's size. Loss: the trainer's mean training loss over the epoch (same examples for all), and a held-out
-loss on dev pairs computed by one function (``heldout_loss``) for every contender.
+batch's size. Loss: the trainer's mean training loss over the steps, and a held-out loss on 48 dev pairs
+computed by one function (``heldout_loss``) for every contender. `--child profile` times the parts of our step.
 """
 from __future__ import annotations
 
@@ -431,7 +432,7 @@ def profile(steps: int, workdir: Path, log=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps of 16 (= train pairs / 16)")
+    parser.add_argument("--steps", type=int, default=9, help="optimizer steps of 16 sequences")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each contender, alternated")
     parser.add_argument("--guide", action="store_true", help="also run the guides' QLoRA recipe (slow), once")
     parser.add_argument("--guide-steps", type=int, default=1)

@@ -161,6 +161,31 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return checkpoint
 
 
+def train_and_measure(trainer, evaluate_dev: bool, checkpoint: str | None, done_before: dict, log_metrics) -> None:
+    """Dev loss before training (unless a resumed run has it), training (from checkpoint, if resuming), its
+    throughput in real tokens, and dev loss after. Shared by the LLM and seq2seq paths."""
+    import mlflow
+
+    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # fresh LoRA adapters are a no-op: the base model
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
+    if checkpoint:
+        log.info("train.resume=auto: continuing from %s", checkpoint)
+        mlflow.set_tag("resumed_from", Path(checkpoint).name)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = result.metrics["train_runtime"]
+    tokens = trainer.state.num_input_tokens_seen
+    log_metrics({
+        "train_seconds": train_seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
+        "train_loss_final": result.training_loss,
+    })
+    if evaluate_dev:  # with load_best_model_at_end, this is the best checkpoint's
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
+
+
 def reset_peak_memory(device: str) -> None:
     """Per-job peaks even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
     if device == "cuda":
@@ -377,24 +402,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         callbacks=callbacks,
     )
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
-    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # dev loss before training (fresh LoRA
-        loss = trainer.evaluate()["eval_loss"]                       # adapters are a no-op): the other before/after
-        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
-    if checkpoint:
-        log.info("train.resume=auto: continuing from %s", checkpoint)
-        mlflow.set_tag("resumed_from", Path(checkpoint).name)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = result.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen
-    log_metrics({
-        "train_seconds": train_seconds,
-        "train_tokens": tokens,
-        "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
-        "train_loss_final": result.training_loss,
-    })
-    if evaluate_dev:  # with load_best_model_at_end, this is the best checkpoint's
-        loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
+    train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
 
     # The adapter (or the full model, without LoRA) and its tokenizer. Saved before translating: in several
     # processes every rank takes part (FSDP/ZeRO-3 gather the shards) and rank 0 writes.

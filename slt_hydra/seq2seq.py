@@ -168,9 +168,10 @@ def execute(cfg: DictConfig, prepared, output_dir: Path, started: float, checkpo
     import mlflow
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments
 
-    from slt_hydra.metrics import perplexity, score_corpus
+    from slt_hydra.metrics import score_corpus
     from slt_hydra.models import peft_config
-    from slt_hydra.run import objective_value, peak_memory_gb, trainer_arguments, write_predictions
+    from slt_hydra.run import (objective_value, peak_memory_gb, train_and_measure, trainer_arguments,
+                               write_predictions)
     from slt_hydra.validate import SCORES
 
     t = time.perf_counter()
@@ -267,24 +268,7 @@ def execute(cfg: DictConfig, prepared, output_dir: Path, started: float, checkpo
         callbacks=callbacks,
     )
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
-    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # dev loss before training (fresh LoRA: a no-op)
-        loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
-    if checkpoint:
-        log.info("train.resume=auto: continuing from %s", checkpoint)
-        mlflow.set_tag("resumed_from", Path(checkpoint).name)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = result.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen
-    log_metrics({
-        "train_seconds": train_seconds,
-        "train_tokens": tokens,
-        "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
-        "train_loss_final": result.training_loss,
-    })
-    if evaluate_dev:
-        loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
+    train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
 
     score_splits(trainer.model, zero_shot)
 
