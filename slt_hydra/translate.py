@@ -77,7 +77,7 @@ def shared_prefix(model, enc, pad_token_id: int) -> dict:
     share their KV cache across the batch; generate then prefills only what differs. The rows are re-laid out
     as [prefix][padding][rest], same width, so the new tokens still start at the same column; positions come
     from the attention mask, so the outputs do not change (200/200 identical on the demo, fp32). Prefill is most
-    of a short translation's compute on CPU: this gave 1.4x translations/s at batch 64 (docs/benchmarks.md)."""
+    of a short translation's compute on CPU: this gave 1.27x translations/s at batch 64 (docs/benchmarks.md)."""
     import torch
     from transformers import DynamicCache
 
