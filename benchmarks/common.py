@@ -84,14 +84,10 @@ def quiet() -> None:
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident memory (VmHWM), in GiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory (VmHWM), in GiB: the figure our runs log as peak_memory_gb on CPU."""
+    from slt_hydra.run import peak_memory_gb
+
+    return peak_memory_gb("cpu")
 
 
 def cpu_seconds() -> float:

@@ -186,6 +186,20 @@ def train_and_measure(trainer, evaluate_dev: bool, checkpoint: str | None, done_
         log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
 
 
+def score_translations(cfg: DictConfig, examples: list[Example], hypotheses: list[str], seconds: float,
+                       name: str, log_metrics) -> None:
+    """Score one split's translations and log `<name>_<metric>` and its translations/s (LLM and seq2seq paths)."""
+    import mlflow
+
+    scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
+                          lowercase=cfg.dataset.lowercase)
+    log_metrics({f"{name}_{m}": scores[m] for m in SCORES})
+    log_metrics({f"{name}_translations_per_second": len(examples) / seconds})
+    mlflow.set_tag("bleu_signature", scores["bleu_signature"])
+    log.info("%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", name,
+             scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
+
+
 def reset_peak_memory(device: str) -> None:
     """Per-job peaks even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
     if device == "cuda":
@@ -332,14 +346,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         examples = splits[split]
         hypotheses = translate(generator, tokenizer, [e.source for e in examples], cfg.dataset, cfg.generate,
                                batch_size, shots_for=shots_for)
-        seconds = time.perf_counter() - t0
-        scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
-                              lowercase=cfg.dataset.lowercase)
-        log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
-        log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})
-        mlflow.set_tag("bleu_signature", scores["bleu_signature"])
-        log.info("%s%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", prefix, split,
-                 scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
+        score_translations(cfg, examples, hypotheses, time.perf_counter() - t0, prefix + split, log_metrics)
         return hypotheses
 
     def score_splits(generator, zero_shot: list[str] | None = None, shots_for=None) -> None:

@@ -168,11 +168,9 @@ def execute(cfg: DictConfig, prepared, output_dir: Path, started: float, checkpo
     import mlflow
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments
 
-    from slt_hydra.metrics import score_corpus
     from slt_hydra.models import peft_config
-    from slt_hydra.run import (objective_value, peak_memory_gb, train_and_measure, trainer_arguments,
-                               write_predictions)
-    from slt_hydra.validate import SCORES
+    from slt_hydra.run import (objective_value, peak_memory_gb, score_translations, train_and_measure,
+                               trainer_arguments, write_predictions)
 
     t = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(cfg, prepared.source)
@@ -197,14 +195,7 @@ def execute(cfg: DictConfig, prepared, output_dir: Path, started: float, checkpo
         t0 = time.perf_counter()
         examples = splits[split]
         hypotheses = translate(generator, tokenizer, [e.source for e in examples], cfg.generate, batch_size)
-        seconds = time.perf_counter() - t0
-        scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
-                              lowercase=cfg.dataset.lowercase)
-        log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
-        log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})
-        mlflow.set_tag("bleu_signature", scores["bleu_signature"])
-        log.info("%s%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", prefix, split,
-                 scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
+        score_translations(cfg, examples, hypotheses, time.perf_counter() - t0, prefix + split, log_metrics)
         return hypotheses
 
     def score_splits(generator, zero_shot: list[str] | None = None) -> None:
