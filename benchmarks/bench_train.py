@@ -9,12 +9,13 @@ train pairs for STEPS optimizer steps of 16 sequences; 9 steps = the first of th
 megabatches of 144, transformers' heuristic for 600 pairs at batch 16, so ours trains on whole sorted groups):
 
 - ours:      slt_hydra's real path: the composed default config -> run.prepare -> load_model_and_tokenizer ->
-             SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora)) inside an open MLflow run, as
-             run.execute builds it (evaluation and checkpoints off: they are not training throughput).
+             run.score_target_positions_only() -> SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora))
+             inside an open MLflow run, as run.execute builds it (evaluation and checkpoints off: they are not
+             training throughput).
 - trl_tuned: plain TRL as a careful user writes it on CPU: fp32, bf16 and gradient checkpointing off, adamw_torch,
              no packing, TRL's other defaults (random batches, right padding); same hyperparameters as ours.
-- ours_target_head: what-if, NOT what `python -m slt_hydra` runs: ours with benchmarks/target_head.py's
-             SFTTrainer subclass, whose loss sends only the target positions through the LM head.
+- ours_full_head: ours as it was before run.score_target_positions_only(): TRL's CPU loss sends every position
+             (prompt and padding too) through the LM head. Shows what that one change buys.
 - trl_guide: the guides' QLoRA recipe as copied: 4-bit NF4 + double quantization, fp16, paged_adamw_8bit,
              gradient checkpointing (SFTConfig's default), micro-batch 4 x accumulation 4. About 4 min per step on
              2 CPU cores, so it runs --guide-steps steps (default 1), once, and is labelled so.
@@ -40,7 +41,7 @@ from benchmarks.common import (alternate, compose, cpu_seconds, fmt, median, mod
 
 GLOBAL_BATCH = 16
 HELDOUT = 48  # dev pairs scored after training by heldout_loss
-CONTENDERS = ("ours", "trl_tuned", "ours_target_head")
+CONTENDERS = ("ours", "trl_tuned", "ours_full_head")
 
 
 # --------------------------------------------------------------------------- shared by every contender
@@ -164,16 +165,16 @@ def base_overrides(steps: int) -> list[str]:
             "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false"]
 
 
-def build_ours(steps: int, workdir: Path, sft_extra: dict, trainer_cls=None):
+def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = False):
     """Our trainer, built the way run.execute builds it, from the composed default config
-    (``trainer_cls``: the what-if's SFTTrainer subclass instead of SFTTrainer)."""
+    (``full_head``: without the target-only LM-head loss, as before)."""
     import torch
     from transformers import set_seed
     from trl import SFTTrainer
 
     from slt_hydra.data import to_prompt_completion
     from slt_hydra.models import load_model_and_tokenizer, peft_config
-    from slt_hydra.run import prepare, sft_config
+    from slt_hydra.run import prepare, score_target_positions_only, sft_config
 
     cfg = compose(base_overrides(steps), workdir / "ours")
     prepared = prepare(cfg)
@@ -184,7 +185,9 @@ def build_ours(steps: int, workdir: Path, sft_extra: dict, trainer_cls=None):
     args = sft_config(cfg, Path(cfg.output_dir))
     if sft_extra:  # what-if experiments only (--sft-extra); make bench never sets it
         args = dataclasses.replace(args, **sft_extra)
-    trainer = (trainer_cls or SFTTrainer)(model=model, args=args,
+    if not full_head:
+        score_target_positions_only()
+    trainer = SFTTrainer(model=model, args=args,
                          train_dataset=to_prompt_completion(prepared.splits["train"], cfg.dataset),
                          processing_class=tokenizer, peft_config=peft_config(cfg.lora))
     return cfg, prepared, trainer, tokenizer
@@ -201,14 +204,11 @@ def open_mlflow_run(workdir: Path):
     return mlflow.start_run()
 
 
-def child_ours(steps: int, workdir: Path, sft_extra: dict, target_head: bool = False) -> dict:
+def child_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = False) -> dict:
     import torch
 
-    trainer_cls = None
-    if target_head:
-        from benchmarks.target_head import TargetHeadSFTTrainer as trainer_cls
     with open_mlflow_run(workdir):
-        cfg, prepared, trainer, tokenizer = build_ours(steps, workdir, sft_extra, trainer_cls)
+        cfg, prepared, trainer, tokenizer = build_ours(steps, workdir, sft_extra, full_head)
         args = trainer.args
         out = train_and_measure(trainer, steps, args.gradient_accumulation_steps, trainer.model, tokenizer,
                                 prepared.splits["dev"], cfg.dataset)
@@ -220,8 +220,8 @@ def child_ours(steps: int, workdir: Path, sft_extra: dict, target_head: bool = F
 
 
 PROFILE_PARTS = {
-    "head_forward": "LM head + loss, forward: TRL's chunked log-prob over every position (prompt and padding "
-                    "too) and the whole 49k vocabulary, with entropy and top-1 accuracy",
+    "head_forward": "LM head + loss, forward: TRL's chunked log-prob over the translation's positions and the "
+                    "whole 49k vocabulary, with entropy and top-1 accuracy",
     "head_backward": "LM head + loss, backward (the same tiles recomputed)",
     "backbone_forward": "backbone forward: 30 decoder layers with LoRA on q/k/v/o",
     "backbone_backward": "backbone backward (gradients through the frozen weights to the LoRA weights)",
@@ -354,8 +354,8 @@ def run_contender(name: str, steps: int, workdir: Path, sft_extra: dict | None =
     started = time.perf_counter()
     if name == "ours":
         out = child_ours(steps, workdir, sft_extra or {})
-    elif name == "ours_target_head":
-        out = child_ours(steps, workdir, sft_extra or {}, target_head=True)
+    elif name == "ours_full_head":
+        out = child_ours(steps, workdir, sft_extra or {}, full_head=True)
     elif name == "profile":
         out = child_profile(steps, workdir)
     elif name == "trl_tuned":
@@ -410,11 +410,10 @@ def benchmark(steps: int, reps: int, guide_steps: int, workdir: Path, log=None, 
         summary["ratio_vs_tuned_cpu"] = ours["real_tokens_per_cpu_second"] / tuned["real_tokens_per_cpu_second"]
         summary["train_loss_diff"] = ours["train_loss"] / tuned["train_loss"] - 1
         summary["heldout_loss_diff"] = ours["heldout_loss"] / tuned["heldout_loss"] - 1
-    if "ours_target_head" in summary and "trl_tuned" in summary:
-        what_if, tuned = summary["ours_target_head"], summary["trl_tuned"]
-        summary["what_if_ratio_vs_tuned"] = what_if["real_tokens_per_second"] / tuned["real_tokens_per_second"]
-        summary["what_if_heldout_loss_diff"] = what_if["heldout_loss"] / tuned["heldout_loss"] - 1
-        summary["what_if_train_loss_diff"] = what_if["train_loss"] / tuned["train_loss"] - 1
+    if "ours" in summary and "ours_full_head" in summary:
+        ours, before = summary["ours"], summary["ours_full_head"]
+        summary["ratio_vs_full_head"] = ours["real_tokens_per_second"] / before["real_tokens_per_second"]
+        summary["full_head_train_loss_diff"] = ours["train_loss"] / before["train_loss"] - 1
     if "ours" in summary and "trl_guide" in summary:
         summary["ratio_vs_guide"] = (summary["ours"]["real_tokens_per_second"]
                                      / summary["trl_guide"]["real_tokens_per_second"])

@@ -23,6 +23,7 @@ from slt_hydra.errors import SetupError
 from slt_hydra.machine import Machine, auto_hardware_profile, detect_machine
 from slt_hydra.metrics import perplexity, score_corpus
 from slt_hydra.models import ModelSource, load_model_and_tokenizer, locate_model, peft_config
+from slt_hydra.schema import translation_batch_size
 from slt_hydra.validate import SCORES
 
 log = logging.getLogger("slt_hydra")
@@ -243,6 +244,28 @@ def sft_config(cfg: DictConfig, output_dir: Path):
     return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir))
 
 
+def score_target_positions_only() -> None:
+    """Make TRL's fused LM-head loss score only the positions that carry a label (the translation) on CPU too.
+
+    TRL 1.16 does so on CUDA/XPU, but elsewhere it sends every position (prompt and padding included) through the
+    49k-word vocabulary and back, for a loss that ignores all but the target tokens; the reason it gives (tile
+    shapes recompiling on every batch, on Neuron) does not hold for eager CPU kernels. On the default job that was
+    35 % of a training step (docs/benchmarks.md). The compact path is TRL's own: same loss, entropy and token
+    accuracy, computed on the target rows only. Its device test is looked up at call time in trl.trainer.utils;
+    without it (another TRL), nothing changes."""
+    import trl.trainer.utils as trl_utils
+
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "compact_on_cpu", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    compact.compact_on_cpu = True
+    trl_utils._use_triton = compact
+
+
 def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
     """The Trainer arguments from the train and hardware groups, shared by SFTConfig and the seq2seq path's
     Seq2SeqTrainingArguments (slt_hydra/seq2seq.py)."""
@@ -331,7 +354,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     mlflow.log_metric("model_memory_gb", model.get_memory_footprint() / 2**30)  # weights as really held
     log.info("loaded %s (%s) in %.1fs", cfg.model.name, prepared.source.location, time.perf_counter() - t)
 
-    batch_size = cfg.generate.batch_size or cfg.hardware.per_device_eval_batch_size
+    batch_size = translation_batch_size(cfg)
     splits = prepared.splits
     logged: dict[str, float] = {}  # every result metric, so the objective is whichever one was asked for
 
@@ -399,6 +422,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     callbacks = []
     if cfg.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    score_target_positions_only()
     trainer = SFTTrainer(
         model=model,
         args=args or sft_config(cfg, output_dir),  # checkpoint-N/ folders land beside the predictions
