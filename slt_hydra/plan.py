@@ -35,7 +35,9 @@ batch = batch size x ``train.max_length``, every sequence taken at the maximum l
   Without gradient checkpointing all layers keep theirs: L x that x T. With it, each layer keeps its input (a*h*T)
   and one layer at a time is recomputed: L*a*h*T + that x T;
 * loss: TRL 1.16's SFTTrainer computes the log-probs with a fused, chunked LM head that never builds the T x V
-  logits: a tile of min(T, 4096) x min(V, 32768) in the compute dtype, the final hidden states (a*h*T) and their
+  logits: a tile of min(T, 4096) x min(V, 32768) in the compute dtype (T counts every position: an upper bound, as
+  only the target positions are scored: TRL does so on CUDA, run.score_target_positions_only on CPU, where the tile
+  path holds about CPU_LOSS_TILES temporaries), the final hidden states (a*h*T) and their
   fp32 gradient (4h*T); full fine-tuning adds the fp32 gradient of lm_head (4*V*h). (A stack that materializes the
   logits, as older TRL did, needs about 12 bytes per logit more: T x V x 12);
 * bitsandbytes dequantizes one weight matrix at a time for the matmuls: the largest one, in the compute dtype;
@@ -69,6 +71,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from slt_hydra.machine import Machine
+from slt_hydra.schema import translation_batch_size
 
 log = logging.getLogger("slt_hydra")
 
@@ -323,7 +326,7 @@ def _batch(cfg: DictConfig) -> tuple[int, int, int, int]:
     train_batch = int(train.get("per_device_train_batch_size") or hw.per_device_train_batch_size)
     accumulation = int(train.get("gradient_accumulation_steps") or hw.gradient_accumulation_steps)
     eval_batch = int(hw.per_device_eval_batch_size)
-    gen_batch = int(cfg.generate.get("batch_size") or eval_batch) if "generate" in cfg else eval_batch
+    gen_batch = translation_batch_size(cfg) if "generate" in cfg else int(hw.get("generate_batch_size") or eval_batch)
     return train_batch, accumulation, eval_batch, gen_batch
 
 
@@ -655,15 +658,20 @@ def suggestions(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> 
     training = not cfg.eval.get("only", False)
     if training and not hw.gradient_checkpointing:
         steps.append({"hardware.gradient_checkpointing": True})
-    train_batch, accumulation, eval_batch, _ = _batch(cfg)
+    train_batch, accumulation, eval_batch, gen_batch = _batch(cfg)
     if training and train_batch > 1:
         smaller = max(1, train_batch // 4)
         batch_key = "train" if train.get("per_device_train_batch_size") else "hardware"
         accumulation_key = "train" if train.get("gradient_accumulation_steps") else "hardware"
         steps.append({f"{batch_key}.per_device_train_batch_size": smaller,
                       f"{accumulation_key}.gradient_accumulation_steps": accumulation * train_batch // smaller})
-    if eval_batch > 4:
-        steps.append({"hardware.per_device_eval_batch_size": max(1, eval_batch // 4)})
+    if eval_batch > 4 or gen_batch > 4:
+        smaller_eval = {"hardware.per_device_eval_batch_size": max(1, eval_batch // 4)}
+        if "generate" in cfg and cfg.generate.get("batch_size"):
+            smaller_eval["generate.batch_size"] = max(1, gen_batch // 4)
+        elif hw.get("generate_batch_size"):
+            smaller_eval["hardware.generate_batch_size"] = max(1, gen_batch // 4)
+        steps.append(smaller_eval)
     if training and cfg.lora.enabled and cfg.lora.r > 8:
         steps.append({"lora.r": max(8, cfg.lora.r // 2), "lora.alpha": max(16, cfg.lora.alpha // 2)})
     if train.max_length > 128:

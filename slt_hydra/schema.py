@@ -107,7 +107,8 @@ class HardwareConfig:
     gradient_checkpointing: bool = False  # trade ~30% compute for much less activation memory
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
-    per_device_eval_batch_size: int = 32  # batch for dev loss and for translation
+    per_device_eval_batch_size: int = 32  # batch for the dev loss (and for translation, unless the next is set)
+    generate_batch_size: Optional[int] = None  # batch for translation; null = per_device_eval_batch_size
     torch_threads: Optional[int] = None  # CPU threads; null = torch default (all cores)
     num_processes: int = 1  # data-parallel processes per node, one per GPU; > 1: started with torchrun (distributed.py)
     num_nodes: int = 1  # nodes (started by the cluster, one task per GPU); the planner divides by processes x nodes
@@ -221,3 +222,10 @@ class SltConfig:
 def register_configs() -> None:
     """Register the schema so ``conf/config.yaml`` can extend it (``defaults: [slt_schema, ...]``)."""
     ConfigStore.instance().store(name="slt_schema", node=SltConfig)
+
+
+def translation_batch_size(cfg) -> int:
+    """Sentences per generate() call: generate.batch_size, else the hardware profile's generate_batch_size, else
+    its per_device_eval_batch_size (run configs saved before generate_batch_size existed lack it)."""
+    return int(cfg.generate.get("batch_size") or cfg.hardware.get("generate_batch_size")
+               or cfg.hardware.per_device_eval_batch_size)

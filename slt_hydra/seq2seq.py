@@ -24,6 +24,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from slt_hydra.data import Example, _langs
+from slt_hydra.schema import translation_batch_size
 
 log = logging.getLogger("slt_hydra")
 
@@ -184,7 +185,7 @@ def execute(cfg: DictConfig, prepared, output_dir: Path, started: float, checkpo
     log.info("loaded %s (%s, seq2seq) in %.1fs", cfg.model.name, prepared.source.location, time.perf_counter() - t)
 
     splits = prepared.splits
-    batch_size = cfg.generate.batch_size or cfg.hardware.per_device_eval_batch_size
+    batch_size = translation_batch_size(cfg)
     logged: dict[str, float] = {}
 
     def log_metrics(values: dict[str, float]) -> None:

@@ -78,3 +78,17 @@ def test_mlflow_store_defaults_to_sqlite_in_the_launch_directory(tmp_path, monke
     assert compose_config([], tmp_path).mlflow.tracking_uri.startswith("sqlite:///") 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
     assert compose_config([], tmp_path).mlflow.tracking_uri == "sqlite:////elsewhere/x.db"
+
+
+def test_translation_batch_size_resolution(tmp_path):
+    from slt_hydra.schema import translation_batch_size
+
+    cpu = compose_config(["hardware=cpu"], tmp_path)
+    assert translation_batch_size(cpu) == cpu.hardware.generate_batch_size == 128  # the profile's own setting
+    assert cpu.hardware.per_device_eval_batch_size == 32  # the dev loss keeps its batch
+    assert translation_batch_size(compose_config(["hardware=cpu", "generate.batch_size=8"], tmp_path)) == 8
+    gpu = compose_config(["hardware=gpu_16gb"], tmp_path)
+    assert gpu.hardware.generate_batch_size is None
+    assert translation_batch_size(gpu) == gpu.hardware.per_device_eval_batch_size
+    saved = OmegaConf.create({"generate": {"batch_size": None}, "hardware": {"per_device_eval_batch_size": 24}})
+    assert translation_batch_size(saved) == 24  # a run config saved before the key existed

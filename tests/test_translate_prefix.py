@@ -19,25 +19,64 @@ def load(tiny_model):
     return model, tokenizer
 
 
-def test_shared_prefix_gives_the_same_translations(tiny_model, make_cfg, monkeypatch):
+def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cfg, monkeypatch):
+    """translate() (shared prefix + rounds that drop finished rows) against one plain generate call per batch."""
     cfg = make_cfg("model=local", f"model.path={tiny_model}", "generate.max_new_tokens=8")
     model, tokenizer = load(tiny_model)
-    calls = []  # (cache passed?, the new token ids) of every generate call: the random model's text can be empty
+    calls = []  # (cache passed?, rows) of every generate call
     generate = model.generate
 
     def recording_generate(**kwargs):
-        out = generate(**kwargs)
-        calls.append(("past_key_values" in kwargs, out[:, kwargs["input_ids"].shape[1]:].clone()))
-        return out
+        calls.append(("past_key_values" in kwargs and kwargs["past_key_values"] is not None,
+                      kwargs["input_ids"].shape[0]))
+        return generate(**kwargs)
 
     monkeypatch.setattr(model, "generate", recording_generate)
-    shared = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
+    ours = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
+    assert calls[0] == (True, 5)  # the shared system turn came in as a cache
     monkeypatch.setattr(translate_module, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
+    monkeypatch.setattr(translate_module, "generate_dropping_finished",
+                        lambda model, enc, kwargs, stop_ids: model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:])
+    calls.clear()
     plain = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
-    assert shared == plain
-    (cached, shared_ids), (not_cached, plain_ids) = calls
-    assert cached and not not_cached
-    assert torch.equal(shared_ids, plain_ids)
+    assert calls == [(False, 5)]
+    assert ours == plain
+
+
+def test_dropping_finished_rows_gives_the_same_tokens(tiny_model, make_cfg):
+    cfg = make_cfg("model=local", f"model.path={tiny_model}")
+    model, tokenizer = load(tiny_model)
+    prompts = [tokenizer.apply_chat_template(build_messages(g, cfg.dataset), add_generation_prompt=True,
+                                             tokenize=False) for g in GLOSSES]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    width = enc["input_ids"].shape[1]
+    settings = dict(max_new_tokens=12, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
+                    temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(3)
+    with torch.no_grad():  # larger random weights: the tiny model's own init repeats one token in every row
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0, 0.5)
+    with torch.inference_mode():
+        free = model.generate(**enc, **settings)[:, width:]
+    # Stop tokens that end two rows early, at different steps, while the others run on to the limit.
+    stop = [int(free[0, 1]), int(free[2, 4])]
+    settings["eos_token_id"] = stop
+    rows_per_call = []
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        rows_per_call.append(kwargs["input_ids"].shape[0])
+        return generate(**kwargs)
+
+    with torch.inference_mode():
+        plain = model.generate(**enc, **settings)[:, width:]
+        model.generate = recording_generate
+        dropped = translate_module.generate_dropping_finished(model, dict(enc), settings, stop, every=2)
+    assert rows_per_call[0] == len(GLOSSES) and min(rows_per_call) == len(GLOSSES) - 2  # rows really left
+    assert len(rows_per_call) == 6  # 12 tokens in rounds of 2
+    assert torch.equal(dropped, plain)
 
 
 def test_shared_prefix_caches_the_system_turn_and_keeps_the_scores(tiny_model, make_cfg):
