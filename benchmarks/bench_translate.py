@@ -1,6 +1,6 @@
 """Translation throughput: our batched greedy generation against one `transformers.pipeline` call per sentence.
 
-    python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 8,16,32,64
+    python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 32,64,128
     python -m benchmarks.bench_translate --adapter outputs/DATE/TIME_MODEL_QUANT/adapter   # a trained adapter
 
 Same model object, same sentences (the demo dev + test splits), same chat-formatted prompts, greedy decoding
@@ -8,9 +8,13 @@ with generate=greedy's settings (max_new_tokens 64):
 
 - pipeline:  ``pipeline("text-generation", model, tokenizer)`` called once per sentence with the chat messages,
              as the guides do;
-- ours_bN:   ``slt_hydra.translate.translate`` (prompts sorted by length, left padding, KV cache, the batch's
-             shared system turn computed once) at batch size N;
-- noprefix_bN: the same without the shared-prefix cache (translate() as it was before), largest N only.
+- ours_bN:   ``slt_hydra.translate.translate`` (prompts sorted by length in tokens, left padding, KV cache, the
+             batch's shared system turn computed once, finished rows leaving the batch every 4 tokens) at batch
+             size N;
+- noprefix_bN: the same without the shared-prefix cache, largest N only;
+- nodrop_bN: the same without dropping finished rows (one generate call per batch), largest N only;
+- generate_batch: transformers' continuous batching (``model.generate_batch``: paged KV cache, prompts packed
+             without padding, finished rows dropped at once), the library's own answer to padding and stragglers.
 
 Each repetition is one child process that loads the model once and times every contender in turn, the
 order reversed on every other repetition. Outputs are compared sentence by sentence with the pipeline's.
@@ -18,6 +22,7 @@ order reversed on every other repetition. Outputs are compared sentence by sente
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from contextlib import contextmanager
 import sys
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from benchmarks.common import compose, fmt, median, quiet, run_child, write_result
 
-BATCH_SIZES = (8, 16, 32, 64)
+BATCH_SIZES = (32, 64, 128)
 
 
 def load(adapter: Path | None, workdir: Path):
@@ -66,20 +71,109 @@ def pipeline_translate(model, tokenizer, sources, cfg) -> list[str]:
     return outputs
 
 
+def continuous_batching(model, tokenizer, sources, cfg) -> list[str]:
+    """transformers' continuous batching on the same chat prompts, greedy. Small pages (16 tokens) so the
+    shared chat turn can share blocks; 2048 tokens per forward (larger was slower here)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from slt_hydra.data import build_messages
+
+    prompts = [tokenizer.apply_chat_template(build_messages(src, cfg.dataset), add_generation_prompt=True,
+                                             tokenize=False) for src in sources]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    settings = GenerationConfig(max_new_tokens=cfg.generate.max_new_tokens, do_sample=False,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    results = model.generate_batch(ids, generation_config=settings, warmup=False,
+                                   continuous_batching_config=ContinuousBatchingConfig(page_size=16,
+                                                                                       max_batch_tokens=2048,
+                                                                                       num_blocks=4096))
+    return [tokenizer.decode(results[f"req_{i}"].generated_tokens, skip_special_tokens=True).strip()
+            for i in range(len(ids))]
+
+
 def batch_size(name: str) -> int:
     return int(name.rsplit("_b", 1)[1])
 
 
 @contextmanager
-def no_shared_prefix():
+def without(part: str):
+    """translate() with one of its speed-ups replaced by the plain path: "shared_prefix" or "dropping"."""
     import slt_hydra.translate as module
 
-    real = module.shared_prefix
-    module.shared_prefix = lambda model, enc, pad_token_id: dict(enc)
+    name, plain = {
+        "shared_prefix": ("shared_prefix", lambda model, enc, pad_token_id: dict(enc)),
+        "dropping": ("generate_dropping_finished",
+                     lambda model, enc, kwargs, stop_ids: model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]),
+    }[part]
+    real = getattr(module, name)
+    setattr(module, name, plain)
     try:
         yield
     finally:
-        module.shared_prefix = real
+        setattr(module, name, real)
+
+
+class ForwardCounter:
+    """Counts what the model's forward passes compute: positions run through the decoder (padding included) and
+    positions projected through the LM head, split into prefill (several positions per row) and decoding steps."""
+
+    def __init__(self, model):
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.forward = inner.forward
+
+        @functools.wraps(self.forward)  # generate reads the forward's signature (position_ids from the mask)
+        def counting_forward(*args, **kwargs):
+            return self.count(*args, **kwargs)
+
+        inner.forward = counting_forward
+        embedding, head = inner.get_input_embeddings().weight, inner.get_output_embeddings().weight
+        self.head_params = head.numel()
+        self.decoder_params = (sum(p.numel() for p in model.parameters()) - embedding.numel()
+                               - (0 if head is embedding else head.numel()))  # the layers (LoRA included)
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = {"prefill_positions": 0, "decode_positions": 0, "head_positions": 0, "prefill_calls": 0,
+                       "decode_calls": 0}
+
+    def count(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            kind = "prefill" if ids.shape[1] > 1 else "decode"
+            self.counts[f"{kind}_positions"] += ids.numel()
+            self.counts[f"{kind}_calls"] += 1
+            self.counts["head_positions"] += out.logits.shape[0] * out.logits.shape[1]
+        return out
+
+    def gflop(self) -> float:
+        """2 x multiply-adds of the weight matrices (attention scores left out: ~1 % at these lengths)."""
+        positions = self.counts["prefill_positions"] + self.counts["decode_positions"]
+        return 2 * (self.decoder_params * positions + self.head_params * self.counts["head_positions"]) / 1e9
+
+
+def matmul_gflop_per_second(config, rows: int = 1024, reps: int = 30) -> float:
+    """The rate this machine reaches on one plain fp32 matmul of the model's MLP shape: the reference for how
+    close a contender's GFLOP/s is to what the cores can do."""
+    import torch
+
+    x = torch.randn(rows, config.hidden_size)
+    weight = torch.randn(config.intermediate_size, config.hidden_size)
+    torch.nn.functional.linear(x, weight)  # warm-up
+    started = time.perf_counter()
+    for _ in range(reps):
+        torch.nn.functional.linear(x, weight)
+    return 2 * rows * config.hidden_size * config.intermediate_size * reps / (time.perf_counter() - started) / 1e9
+
+
+def shared_prefix_length(tokenizer, prompts: list[str]) -> int:
+    """Tokens every prompt starts with (what translate()'s shared-prefix cache runs once per batch)."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    length = 0
+    while all(len(r) > length and r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
 
 
 def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None, workdir: Path) -> dict:
@@ -93,19 +187,26 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
     sources = sources[:sentences]
-    names = ["pipeline"] + [f"ours_b{b}" for b in batch_sizes] + [f"noprefix_b{max(batch_sizes)}"]
+    names = (["pipeline"] + [f"ours_b{b}" for b in batch_sizes] + [f"noprefix_b{max(batch_sizes)}",
+                                                                   f"nodrop_b{max(batch_sizes)}", "generate_batch"])
     order = names if rep % 2 == 0 else list(reversed(names))
-    timings, outputs = {}, {}
+    reference_gflops = matmul_gflop_per_second(model.config)
+    timings, outputs, work = {}, {}, {}
+    counter = ForwardCounter(model)
     for name in order:
+        counter.reset()
         started = time.perf_counter()
         if name == "pipeline":
             outputs[name] = pipeline_translate(model, tokenizer, sources, cfg)
-        elif name.startswith("noprefix"):  # our batched path as it was before the shared-prefix cache
-            with no_shared_prefix():
+        elif name == "generate_batch":
+            outputs[name] = continuous_batching(model, tokenizer, sources, cfg)
+        elif name.startswith(("noprefix", "nodrop")):  # our batched path without one of its speed-ups
+            with without("shared_prefix" if name.startswith("noprefix") else "dropping"):
                 outputs[name] = translate(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size(name))
         else:
             outputs[name] = translate(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size(name))
         timings[name] = time.perf_counter() - started
+        work[name] = {**counter.counts, "gflop": counter.gflop()}
     reference = outputs["pipeline"]
     prompts = [tokenizer.apply_chat_template(build_messages(src, cfg.dataset), add_generation_prompt=True,
                                              tokenize=False) for src in sources]
@@ -114,7 +215,9 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
                   for name, texts in outputs.items()}
     return {
         "rep": rep, "order": order, "sentences": len(sources), "seconds": timings, "new_tokens": new_tokens,
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": prompt_tokens, "work": work,
+        "matmul_gflop_per_second": reference_gflops, "decoder_params": counter.decoder_params, "head_params": counter.head_params,
+        "shared_prefix_tokens": shared_prefix_length(tokenizer, prompts),
         "identical": {name: sum(a == b for a, b in zip(texts, reference)) for name, texts in outputs.items()},
         "differences": {name: [(s, a, b) for s, a, b in zip(sources, texts, reference) if a != b][:5]
                         for name, texts in outputs.items() if name != "pipeline"},
@@ -143,12 +246,23 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
         summary[name] = {"seconds": seconds, "translations_per_second": n / seconds,
                          "seconds_per_translation": seconds / n,
                          "identical": min(r["identical"][name] for r in runs), "sentences": n,
-                         "new_tokens": runs[0]["new_tokens"][name]}
+                         "new_tokens": runs[0]["new_tokens"][name], "work": runs[0]["work"][name]}
+        summary[name]["gflop_per_translation"] = summary[name]["work"]["gflop"] / n
+        summary[name]["gflop_per_second"] = summary[name]["work"]["gflop"] / seconds
     base = summary["pipeline"]["translations_per_second"]
     for name, row in summary.items():
         row["speedup"] = row["translations_per_second"] / base
     best = max((k for k in summary if k.startswith("ours_b")), key=lambda k: summary[k]["translations_per_second"])
-    return {"sentences": n, "reps": reps, "adapter": runs[0]["adapter"], "runs": runs, "summary": summary,
+    first = runs[0]
+    # The least work a batched greedy decoder must do here: each prompt's own tokens once (the shared turn once per
+    # batch: ~0 per translation), one decoder position per new token, one LM-head row per new token and the EOS.
+    own_prompt = (first["prompt_tokens"] - n * first["shared_prefix_tokens"]) / n
+    new = summary["pipeline"]["new_tokens"] / n
+    least_gflop = 2 * (first["decoder_params"] * (own_prompt + new) + first["head_params"] * (new + 1)) / 1e9
+    return {"sentences": n, "reps": reps, "adapter": first["adapter"], "runs": runs, "summary": summary,
+            "least_gflop_per_translation": least_gflop,
+            "matmul_gflop_per_second": median(r["matmul_gflop_per_second"] for r in runs), "own_prompt_tokens": own_prompt,
+            "shared_prefix_tokens": first["shared_prefix_tokens"],
             "best": best, "best_batch_size": batch_size(best), "best_speedup": summary[best]["speedup"],
             "prompt_tokens": runs[0]["prompt_tokens"]}
 
@@ -165,11 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="slt_bench_"))
+    adapter = args.adapter.resolve() if args.adapter else None  # the children run in the work folder
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.child:
-        write_result(args.out, child(args.sentences, sizes, args.rep, args.adapter, workdir))
+        write_result(args.out, child(args.sentences, sizes, args.rep, adapter, workdir))
         return 0
-    result = benchmark(args.sentences, args.reps, sizes, args.adapter, workdir)
+    result = benchmark(args.sentences, args.reps, sizes, adapter, workdir)
     for name, row in result["summary"].items():
         print(f"{name:10s} {fmt(row['translations_per_second'])}/s  x{fmt(row['speedup'])}  "
               f"identical {row['identical']}/{row['sentences']}")
