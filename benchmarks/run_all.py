@@ -291,31 +291,38 @@ def render_translate(t: dict) -> list[str]:
     least = t["least_gflop_per_translation"]
     ceiling = ours["gflop_per_second"] / least / pipeline["translations_per_second"]
     roof = t["matmul_gflop_per_second"] / least / pipeline["translations_per_second"]
+    largest = max(int(k.rsplit("_b", 1)[1]) for k in sm if k.startswith("ours_b"))
+    mine = sm.get(f"ours_b{largest}")
+
+    def gain(other: str) -> str:
+        row = sm.get(f"{other}_b{largest}")
+        return f"{mine['translations_per_second'] / row['translations_per_second']:.2f}x" if row and mine else "n/a"
+
     lines += [
         "- GFLOP = 2 x the weight matrices' multiply-adds over the positions each contender's forward passes really "
         "ran (counted by a wrapper around the model's forward; attention scores left out, ~1 % at these lengths).",
-        f"- Where the time goes: each translation is ~{prompt:.0f} prompt tokens ({t['shared_prefix_tokens']} of "
-        f"them the same chat turn in every prompt) and ~{new:.0f} new ones. A plain fp32 matmul of the model's MLP "
-        f"shape (1024 rows) runs {fmt(t['matmul_gflop_per_second'], 0)} GFLOP/s on this machine; ours runs "
+        f"- Each translation is ~{prompt:.0f} prompt tokens ({t['shared_prefix_tokens']} of them the same chat turn "
+        f"in every prompt) and ~{new:.0f} new ones. At batch {largest}, computing the shared turn once per batch "
+        f"gives {gain('noprefix')} and letting finished rows leave the batch {gain('nodrop')} (the rows without "
+        "them).",
+        f"- Where the time goes: a plain fp32 matmul of the model's MLP shape (1024 rows) runs "
+        f"{fmt(t['matmul_gflop_per_second'], 0)} GFLOP/s on this machine. Ours runs "
         f"{fmt(ours['gflop_per_second'], 0)} GFLOP/s "
-        f"({fmt(100 * ours['gflop_per_second'] / t['matmul_gflop_per_second'], 0)} % of it), the pipeline "
-        f"{fmt(pipeline['gflop_per_second'], 0)} GFLOP/s (one sentence at a time: small matrices). Batching "
-        "gains by raising that rate and by computing the shared turn once per batch; what is left is work: at "
-        f"batch {t['best_batch_size']}, {fmt(ours['gflop_per_translation'])} GFLOP per translation (the padding of "
-        "each batch and the decoding steps of rows that already finished included). The least any batched greedy "
-        f"decoder can do here is {fmt(least)} GFLOP (each prompt's own ~{t['own_prompt_tokens']:.0f} tokens and each "
-        f"new token once, no padding, no finished rows): at our rate that is "
-        f"{fmt(ours['gflop_per_second'] / least, 1)} translations/s, {ceiling:.1f}x the pipeline; at the plain "
-        f"matmul's rate, **{roof:.1f}x**"
-        + (f", so the {TRANSLATE_TARGET:.0f}x target is out of reach on this CPU in fp32 with identical outputs. "
-           if roof < TRANSLATE_TARGET else ". ")
-        + (f"transformers' continuous batching (which drops finished rows and packs prompts without padding) "
-           f"ran {fmt(sm['generate_batch']['translations_per_second'])} translations/s at "
-           f"{fmt(sm['generate_batch']['gflop_per_second'], 0)} GFLOP/s: its paged attention is built for GPUs. "
-           if "generate_batch" in sm else "")
+        f"({fmt(100 * ours['gflop_per_second'] / t['matmul_gflop_per_second'], 0)} % of it: the decoding steps' "
+        "small matrices, attention, norms and the LoRA branches run slower), the pipeline "
+        f"{fmt(pipeline['gflop_per_second'], 0)} GFLOP/s (one sentence at a time). Ours does "
+        f"{fmt(ours['gflop_per_translation'])} GFLOP per translation at batch {t['best_batch_size']} (the pipeline "
+        f"{fmt(pipeline['gflop_per_translation'])}); the least any batched greedy decoder can do here is "
+        f"{fmt(least)} (each prompt's own ~{t['own_prompt_tokens']:.0f} tokens and each new token once, no padding): "
+        f"{ceiling:.1f}x the pipeline at our rate, {roof:.1f}x at the plain matmul's."
+        + (f" So the {TRANSLATE_TARGET:.0f}x target is out of reach on this CPU in fp32 with identical outputs."
+           if roof < TRANSLATE_TARGET else ""),
+        (f"- transformers' continuous batching (paged cache, prompts packed without padding, finished rows dropped) "
+         f"gives the same outputs at {fmt(sm['generate_batch']['translations_per_second'])} translations/s "
+         f"({fmt(sm['generate_batch']['gflop_per_second'], 0)} GFLOP/s) here. " if "generate_batch" in sm else "- ")
         + "bf16 or int8 weights would cut the work but change the outputs. "
         f"The pipeline takes {fmt(pipeline['seconds_per_translation'], 2)} s per translation here, not the "
-        "guides' 2-5 s (bigger models, where one-at-a-time decoding is bound by memory reads, which batching shares).",
+        "guides' 2-5 s: bigger models, where one-at-a-time decoding waits on memory reads that a batch shares.",
     ]
     diffs = t["runs"][0]["differences"].get(t["best"], [])
     if diffs:
