@@ -69,7 +69,7 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
             with torch.inference_mode():
                 if generate_cfg.num_beams == 1:  # beam search would need the shared cache expanded per beam
                     enc = shared_prefix(model, enc, tokenizer.pad_token_id)
-                if generate_cfg.num_beams == 1 and not generate_cfg.do_sample:
+                if generate_cfg.num_beams == 1 and not generate_cfg.do_sample and not several_processes():
                     new_tokens = generate_dropping_finished(model, enc, kwargs, stop_token_ids(model, tokenizer))
                 else:
                     new_tokens = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
@@ -93,7 +93,7 @@ def generate_dropping_finished(model, enc: dict, kwargs: dict, stop_ids: list[in
 
     ids, mask, cache = enc["input_ids"], enc["attention_mask"], enc.get("past_key_values")
     budget, pad = kwargs["max_new_tokens"], kwargs["pad_token_id"]
-    stop = torch.tensor(stop_ids, device=ids.device)
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=ids.device)
     rows = torch.arange(ids.shape[0], device=ids.device)  # which rows of the batch are still running
     new_tokens = ids.new_full((ids.shape[0], budget), pad)
     produced = 0
@@ -116,11 +116,19 @@ def generate_dropping_finished(model, enc: dict, kwargs: dict, stop_ids: list[in
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     """The tokens that end a translation: the generation config's EOS ids (an int or a list), else the
-    tokenizer's."""
+    tokenizer's; none at all: no row ever leaves early."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def several_processes() -> bool:
+    """FSDP/ZeRO-3 ranks translate in step (every forward gathers the shards): one generate call per batch, whose
+    synced_gpus keeps them together, rather than rounds each rank would end on its own."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def contiguous_input(module, args):

@@ -106,3 +106,17 @@ def test_no_shared_prefix_for_a_single_prompt(tiny_model, make_cfg):
     model, tokenizer = load(tiny_model)
     enc = tokenizer(["just one prompt here"], return_tensors="pt", add_special_tokens=False)
     assert "past_key_values" not in shared_prefix(model, enc, tokenizer.pad_token_id)
+
+
+def test_stop_token_ids_from_generation_config_or_tokenizer():
+    from types import SimpleNamespace
+
+    from slt_hydra.translate import stop_token_ids
+
+    def model(eos):
+        return SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))
+
+    assert stop_token_ids(model([2, 7]), SimpleNamespace(eos_token_id=9)) == [2, 7]
+    assert stop_token_ids(model(2), SimpleNamespace(eos_token_id=9)) == [2]
+    assert stop_token_ids(model(None), SimpleNamespace(eos_token_id=9)) == [9]
+    assert stop_token_ids(model(None), SimpleNamespace(eos_token_id=None)) == []  # rows then never leave early
