@@ -72,6 +72,9 @@ def test_single_run_trains_translates_scores_and_logs(quant, tiny_model, tmp_pat
     assert len(history) == 2  # logging_steps=1, max_steps=2: the training loss curve
     artifacts = artifact_paths(client_for(tmp_path), run.info.run_id)
     assert {"config.yaml", "adapter/adapter_model.safetensors", "predictions/predictions_test.csv"} <= artifacts
+    # The process leaves without the interpreter's teardown (__main__.leave_now): the log is complete all the same.
+    log_lines = (out / "__main__.log").read_text().splitlines()
+    assert "done in" in log_lines[-1] and "done in" in result.stdout + result.stderr
 
     # HF_TOKEN was in the environment: it must not appear anywhere we wrote.
     assert CANARY not in result.stdout + result.stderr
