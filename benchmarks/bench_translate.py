@@ -104,7 +104,8 @@ def without(part: str):
     name, plain = {
         "shared_prefix": ("shared_prefix", lambda model, enc, pad_token_id: dict(enc)),
         "dropping": ("generate_dropping_finished",
-                     lambda model, enc, kwargs, stop_ids: model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]),
+                     lambda model, enc, kwargs, stop_ids:
+                     model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]),
     }[part]
     real = getattr(module, name)
     setattr(module, name, plain)
@@ -216,7 +217,8 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     return {
         "rep": rep, "order": order, "sentences": len(sources), "seconds": timings, "new_tokens": new_tokens,
         "prompt_tokens": prompt_tokens, "work": work,
-        "matmul_gflop_per_second": reference_gflops, "decoder_params": counter.decoder_params, "head_params": counter.head_params,
+        "matmul_gflop_per_second": reference_gflops, "decoder_params": counter.decoder_params,
+        "head_params": counter.head_params,
         "shared_prefix_tokens": shared_prefix_length(tokenizer, prompts),
         "identical": {name: sum(a == b for a, b in zip(texts, reference)) for name, texts in outputs.items()},
         "differences": {name: [(s, a, b) for s, a, b in zip(sources, texts, reference) if a != b][:5]
@@ -261,7 +263,8 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
     least_gflop = 2 * (first["decoder_params"] * (own_prompt + new) + first["head_params"] * (new + 1)) / 1e9
     return {"sentences": n, "reps": reps, "adapter": first["adapter"], "runs": runs, "summary": summary,
             "least_gflop_per_translation": least_gflop,
-            "matmul_gflop_per_second": median(r["matmul_gflop_per_second"] for r in runs), "own_prompt_tokens": own_prompt,
+            "matmul_gflop_per_second": median(r["matmul_gflop_per_second"] for r in runs),
+            "own_prompt_tokens": own_prompt,
             "shared_prefix_tokens": first["shared_prefix_tokens"],
             "best": best, "best_batch_size": batch_size(best), "best_speedup": summary[best]["speedup"],
             "prompt_tokens": runs[0]["prompt_tokens"]}

@@ -86,7 +86,8 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
 def generate_dropping_finished(model, enc: dict, kwargs: dict, stop_ids: list[int], every: int = 4):
     """Greedy ``generate`` in rounds of ``every`` new tokens; after each round the rows that produced a stop token
     leave the batch, their KV-cache rows with them. In one generate call every finished row runs on until the
-    batch's longest translation ends (28 % of the decoding positions on the demo at batch 64). Each round
+    batch's longest translation ends (13.3 decoding positions per demo translation at batch 128 instead of 8.0:
+    1.18x translations/s, docs/benchmarks.md). Each round
     continues from the cache (only the last token is new to it) with the whole sequence as input_ids, so greedy
     decoding gives the same tokens as one call. Returns the new tokens, pad-filled after each row's stop token."""
     import torch
@@ -143,7 +144,7 @@ def shared_prefix(model, enc, pad_token_id: int) -> dict:
     share their KV cache across the batch; generate then prefills only what differs. The rows are re-laid out
     as [prefix][padding][rest], same width, so the new tokens still start at the same column; positions come
     from the attention mask, so the outputs do not change (200/200 identical on the demo, fp32). Prefill is most
-    of a short translation's compute on CPU: this gave 1.27x translations/s at batch 64 (docs/benchmarks.md)."""
+    of a short translation's compute on CPU: this gave 1.36x translations/s at batch 128 (docs/benchmarks.md)."""
     import torch
     from transformers import DynamicCache
 

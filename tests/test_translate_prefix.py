@@ -19,6 +19,18 @@ def load(tiny_model):
     return model, tokenizer
 
 
+def left_padded_prompts(tokenizer, cfg):
+    """The chat prompts of GLOSSES, tokenized as translate() does: left padding, no extra special tokens."""
+    prompts = [tokenizer.apply_chat_template(build_messages(g, cfg.dataset), add_generation_prompt=True,
+                                             tokenize=False) for g in GLOSSES]
+    tokenizer.padding_side = "left"
+    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def one_generate_call(model, enc, kwargs, stop_ids):
+    return model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
+
+
 def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cfg, monkeypatch):
     """translate() (shared prefix + rounds that drop finished rows) against one plain generate call per batch."""
     cfg = make_cfg("model=local", f"model.path={tiny_model}", "generate.max_new_tokens=8")
@@ -35,8 +47,7 @@ def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cf
     ours = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
     assert calls[0] == (True, 5)  # the shared system turn came in as a cache
     monkeypatch.setattr(translate_module, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
-    monkeypatch.setattr(translate_module, "generate_dropping_finished",
-                        lambda model, enc, kwargs, stop_ids: model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:])
+    monkeypatch.setattr(translate_module, "generate_dropping_finished", one_generate_call)
     calls.clear()
     plain = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
     assert calls == [(False, 5)]
@@ -46,10 +57,7 @@ def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cf
 def test_dropping_finished_rows_gives_the_same_tokens(tiny_model, make_cfg):
     cfg = make_cfg("model=local", f"model.path={tiny_model}")
     model, tokenizer = load(tiny_model)
-    prompts = [tokenizer.apply_chat_template(build_messages(g, cfg.dataset), add_generation_prompt=True,
-                                             tokenize=False) for g in GLOSSES]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = left_padded_prompts(tokenizer, cfg)
     width = enc["input_ids"].shape[1]
     settings = dict(max_new_tokens=12, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
                     temperature=None, top_p=None, top_k=None)
@@ -82,10 +90,7 @@ def test_dropping_finished_rows_gives_the_same_tokens(tiny_model, make_cfg):
 def test_shared_prefix_caches_the_system_turn_and_keeps_the_scores(tiny_model, make_cfg):
     cfg = make_cfg("model=local", f"model.path={tiny_model}")
     model, tokenizer = load(tiny_model)
-    prompts = [tokenizer.apply_chat_template(build_messages(g, cfg.dataset), add_generation_prompt=True,
-                                             tokenize=False) for g in GLOSSES]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = left_padded_prompts(tokenizer, cfg)
     laid_out = shared_prefix(model, enc, tokenizer.pad_token_id)
     system_turn = tokenizer.apply_chat_template([{"role": "system", "content": cfg.dataset.system_prompt}],
                                                 tokenize=False)
