@@ -1,6 +1,6 @@
 """`make bench`: every comparison in one invocation, then docs/benchmarks.md.
 
-    python -m benchmarks.run_all            # the full settings (about 20 min on a quiet 2-core machine)
+    python -m benchmarks.run_all            # the full settings (about 17 min on a quiet 2-core machine)
     python -m benchmarks.run_all --quick    # a smoke run of every part (a few minutes); writes the doc too
     python -m benchmarks.run_all --no-guide --out /tmp/b.md
 
