@@ -19,7 +19,7 @@ PORT ?= 5000
 
 help:
 	@echo "make run        set up .venv if needed, then run the default experiment (~6 min on 2 CPU cores)"
-	@echo "make test       the full test suite (real models, end to end; ~15-20 min on 2 CPU cores)"
+	@echo "make test       the full test suite (real models, end to end; ~10 min on 2 CPU cores)"
 	@echo "make test-fast  the tests without the slow end-to-end runs"
 	@echo "make ui         MLflow UI over ./mlflow.db on http://127.0.0.1:$(PORT)"
 	@echo "make browser    install Debian's chromium + chromium-driver for the MLflow UI browser test (pytest -m ui)"
