@@ -73,7 +73,8 @@ def pipeline_translate(model, tokenizer, sources, cfg) -> list[str]:
 
 def continuous_batching(model, tokenizer, sources, cfg) -> list[str]:
     """transformers' continuous batching on the same chat prompts, greedy. Small pages (16 tokens) so the
-    shared chat turn can share blocks; 2048 tokens per forward (larger was slower here)."""
+    shared chat turn can share blocks; 2048 tokens per forward. In side runs, the defaults gave 3.2 and 8-token
+    pages with 8192 tokens per forward 3.7 translations/s, against 5.4 with these."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
