@@ -117,6 +117,8 @@ def translate(model, tokenizer, sources: Sequence[str], generate_cfg: DictConfig
     Sorted by length so each batch pads little; encoder inputs are right-padded (the attention mask covers it)."""
     import torch
 
+    from slt_hydra.translate import generation_kwargs
+
     prefix = getattr(model.config, "prefix", None) or ""
     texts = [prefix + s for s in sources]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -125,12 +127,7 @@ def translate(model, tokenizer, sources: Sequence[str], generate_cfg: DictConfig
     model.eval()
     tokenizer.padding_side = "right"
     device = next(model.parameters()).device
-    kwargs = dict(max_new_tokens=generate_cfg.max_new_tokens, num_beams=generate_cfg.num_beams,
-                  do_sample=generate_cfg.do_sample, repetition_penalty=generate_cfg.repetition_penalty)
-    if generate_cfg.do_sample:
-        kwargs.update(temperature=generate_cfg.temperature, top_p=generate_cfg.top_p)
-    else:  # silence the model's own sampling defaults under greedy/beam decoding
-        kwargs.update(temperature=None, top_p=None, top_k=None)
+    kwargs = generation_kwargs(generate_cfg)
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]

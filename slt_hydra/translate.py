@@ -54,18 +54,12 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     contiguous = head.register_forward_pre_hook(contiguous_input) if head is not None else None
+    kwargs = generation_kwargs(generate_cfg, pad_token_id=tokenizer.pad_token_id)
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
-            kwargs = dict(max_new_tokens=generate_cfg.max_new_tokens, num_beams=generate_cfg.num_beams,
-                          do_sample=generate_cfg.do_sample, repetition_penalty=generate_cfg.repetition_penalty,
-                          pad_token_id=tokenizer.pad_token_id)
-            if generate_cfg.do_sample:
-                kwargs.update(temperature=generate_cfg.temperature, top_p=generate_cfg.top_p)
-            else:  # silence the model's own sampling defaults under greedy/beam decoding
-                kwargs.update(temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
                 if generate_cfg.num_beams == 1:  # beam search would need the shared cache expanded per beam
                     enc = shared_prefix(model, enc, tokenizer.pad_token_id)
@@ -81,6 +75,17 @@ def translate(model, tokenizer, sources: Sequence[str], dataset_cfg: DictConfig,
         if contiguous is not None:
             contiguous.remove()
     return outputs
+
+
+def generation_kwargs(generate_cfg: DictConfig, **extra) -> dict:
+    """model.generate's decoding arguments from the generate group (both the chat and the seq2seq paths)."""
+    kwargs = dict(max_new_tokens=generate_cfg.max_new_tokens, num_beams=generate_cfg.num_beams,
+                  do_sample=generate_cfg.do_sample, repetition_penalty=generate_cfg.repetition_penalty, **extra)
+    if generate_cfg.do_sample:
+        kwargs.update(temperature=generate_cfg.temperature, top_p=generate_cfg.top_p)
+    else:  # silence the model's own sampling defaults under greedy/beam decoding
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 def generate_dropping_finished(model, enc: dict, kwargs: dict, stop_ids: list[int], every: int = 4):
