@@ -19,9 +19,15 @@ CHECKPOINTING = ["train.max_steps=16", "train.save_strategy=steps", "train.save_
                  "dataset.max_train_samples=32", "train.logging_steps=1"]
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal. A test run started in the background (`make test &`, nohup) hands
+    its children SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_app(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "slt_hydra", *args], cwd=tmp_path, env=app_env(tmp_path),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
 
 
 def wait_for(path_glob: tuple[Path, str], process: subprocess.Popen, timeout: float = 300) -> Path:
