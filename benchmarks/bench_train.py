@@ -8,13 +8,14 @@ Contenders (each in its own process; all train SmolLM2-135M-Instruct with LoRA r
 train pairs for STEPS optimizer steps of 16 sequences; 9 steps = the first of the length-grouped sampler's
 megabatches of 144, transformers' heuristic for 600 pairs at batch 16, so ours trains on whole sorted groups):
 
-- ours:      slt_hydra's real path: the composed default config -> run.prepare -> load_model_and_tokenizer ->
-             run.score_target_positions_only() -> SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora))
+- ours:      slt_hydra's real path: the composed default config -> run.prepare -> models.load_causal_lm ->
+             training.score_target_positions_only()
+             -> SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora))
              inside an open MLflow run, as run.execute builds it (evaluation and checkpoints off: they are not
              training throughput).
 - trl_tuned: plain TRL as a careful user writes it on CPU: fp32, bf16 and gradient checkpointing off, adamw_torch,
              no packing, TRL's other defaults (random batches, right padding); same hyperparameters as ours.
-- ours_full_head: ours as it was before run.score_target_positions_only(): TRL's CPU loss sends every position
+- ours_full_head: ours as it was before training.score_target_positions_only(): TRL's CPU loss sends every position
              (prompt and padding too) through the LM head. Shows what that one change buys.
 - trl_guide: the guides' QLoRA recipe as copied: 4-bit NF4 + double quantization, fp16, paged_adamw_8bit,
              gradient checkpointing (SFTConfig's default), micro-batch 4 x accumulation 4. About 4 min per step on
@@ -36,8 +37,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (alternate, compose, cpu_seconds, fmt, median, model_dir, peak_rss_gb, quiet,
-                               run_child, write_result)
+from benchmarks.common import (
+    alternate,
+    compose,
+    cpu_seconds,
+    fmt,
+    median,
+    model_dir,
+    peak_rss_gb,
+    quiet,
+    run_child,
+    write_result,
+)
 
 GLOBAL_BATCH = 16
 HELDOUT = 48  # dev pairs scored after training by heldout_loss
@@ -173,15 +184,16 @@ def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
     from trl import SFTTrainer
 
     from slt_hydra.data import to_prompt_completion
-    from slt_hydra.models import load_model_and_tokenizer, peft_config
-    from slt_hydra.run import prepare, score_target_positions_only, sft_config
+    from slt_hydra.models import load_causal_lm, peft_config
+    from slt_hydra.run import prepare
+    from slt_hydra.training import score_target_positions_only, sft_config
 
     cfg = compose(base_overrides(steps), workdir / "ours")
     prepared = prepare(cfg)
     set_seed(cfg.train.seed)
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
-    model, tokenizer = load_model_and_tokenizer(cfg, prepared.source)
+    model, tokenizer = load_causal_lm(cfg, prepared.source)
     args = sft_config(cfg, Path(cfg.output_dir))
     if sft_extra:  # what-if experiments only (--sft-extra); make bench never sets it
         args = dataclasses.replace(args, **sft_extra)

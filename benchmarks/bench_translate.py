@@ -8,7 +8,7 @@ with generate=greedy's settings (max_new_tokens 64):
 
 - pipeline:  ``pipeline("text-generation", model, tokenizer)`` called once per sentence with the chat messages,
              as the guides do;
-- ours_bN:   ``slt_hydra.translate.translate`` (prompts sorted by length in tokens, left padding, KV cache, the
+- ours_bN:   ``slt_hydra.generation.translate_chat`` (prompts sorted by length in tokens, left padding, KV cache, the
              batch's shared system turn computed once, finished rows leaving the batch every 4 tokens) at batch
              size N;
 - noprefix_bN: the same without the shared-prefix cache, largest N only;
@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from contextlib import contextmanager
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.common import compose, fmt, median, quiet, run_child, write_result
@@ -38,12 +38,12 @@ BATCH_SIZES = (32, 64, 128)
 def load(adapter: Path | None, workdir: Path):
     """Our default config and model (as run.execute loads it), with a trained LoRA adapter if one is given."""
     from slt_hydra.data import load_splits
-    from slt_hydra.models import load_model_and_tokenizer
+    from slt_hydra.models import load_causal_lm
     from slt_hydra.run import prepare
 
     cfg = compose([], workdir / "translate")
     prepared = prepare(cfg)
-    model, tokenizer = load_model_and_tokenizer(cfg, prepared.source)
+    model, tokenizer = load_causal_lm(cfg, prepared.source)
     if adapter is not None:
         from peft import PeftModel
 
@@ -100,7 +100,7 @@ def batch_size(name: str) -> int:
 @contextmanager
 def without(part: str):
     """translate() with one of its speed-ups replaced by the plain path: "shared_prefix" or "dropping"."""
-    import slt_hydra.translate as module
+    import slt_hydra.generation as module
 
     name, plain = {
         "shared_prefix": ("shared_prefix", lambda model, enc, pad_token_id: dict(enc)),
@@ -182,7 +182,7 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     import torch
 
     from slt_hydra.data import build_messages
-    from slt_hydra.translate import translate
+    from slt_hydra.generation import translate_chat as translate
 
     quiet()
     cfg, model, tokenizer, sources = load(adapter, workdir)
@@ -253,7 +253,7 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
         summary[name]["gflop_per_translation"] = summary[name]["work"]["gflop"] / n
         summary[name]["gflop_per_second"] = summary[name]["work"]["gflop"] / seconds
     base = summary["pipeline"]["translations_per_second"]
-    for name, row in summary.items():
+    for row in summary.values():
         row["speedup"] = row["translations_per_second"] / base
     best = max((k for k in summary if k.startswith("ours_b")), key=lambda k: summary[k]["translations_per_second"])
     first = runs[0]

@@ -28,7 +28,8 @@ VERSIONS = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate"
 
 def compose(overrides: Sequence[str], output_dir: Path):
     """The config `python -m slt_hydra OVERRIDES` would get (as tests/conftest.py composes it)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
@@ -85,7 +86,7 @@ def quiet() -> None:
 
 def peak_rss_gb() -> float:
     """This process's peak resident memory (VmHWM), in GiB: the figure our runs log as peak_memory_gb on CPU."""
-    from slt_hydra.run import peak_memory_gb
+    from slt_hydra.machine import peak_memory_gb
 
     return peak_memory_gb("cpu")
 

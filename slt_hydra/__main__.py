@@ -3,8 +3,10 @@
 A problem with the input (config combination, data file, model not available) ends with one message on
 stderr and exit code 2, before anything heavy is loaded. The return value is the objective for sweepers.
 """
+import atexit
 import os
 import sys
+import threading
 
 # No telemetry from the libraries, and no implicit Hub calls for things we do not use.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -16,6 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from slt_hydra import distributed  # noqa: E402
 from slt_hydra.errors import SetupError  # noqa: E402
+from slt_hydra.run import run  # noqa: E402  (no torch at import: --help and config errors stay fast)
 from slt_hydra.schema import register_configs  # noqa: E402
 
 register_configs()
@@ -23,8 +26,6 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from slt_hydra.run import run
-
     distributed.adopt_submitit_tasks()  # one submitit task per GPU -> one torch.distributed rank each
     try:
         return run(cfg)
@@ -38,12 +39,9 @@ def main(cfg: DictConfig) -> float:
 
 def leave_now() -> None:
     """End a successful process without the interpreter's teardown, which frees torch, PEFT and bitsandbytes
-    object by object and module by module: 1.5-3 s of nothing (the overhead part of docs/benchmarks.md). What
-    a normal exit does that matters still happens first: waiting for non-daemon threads, the exit handlers
+    object by object and module by module: seconds of nothing (measured in the overhead part of docs/benchmarks.md).
+    What a normal exit does that matters still happens first: waiting for non-daemon threads, the exit handlers
     (log files, MLflow, worker pools), flushing stdout and stderr."""
-    import atexit
-    import threading
-
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

@@ -1,7 +1,15 @@
-"""What this machine can do: CUDA, memory, native bf16. Read once per job, passed to validate.check."""
+"""What this machine has and what this process used: CUDA, memory, native bf16, the Hub's reachability, peak memory.
+
+``detect_machine`` asks torch (a run's checks); ``light_machine`` reads /proc and nvidia-smi instead, for the
+planner's one-second answer. Both are read once per job and passed to validate.check.
+"""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
+import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +27,7 @@ class Machine:
         return (self.gpu_memory_gb or 0.0) if device == "cuda" else self.ram_gb
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -30,7 +38,11 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _ram_gb() -> float:
+def has_native_bf16(flags: set[str]) -> bool:
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def ram_gb() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
@@ -47,15 +59,27 @@ def detect_machine() -> Machine:
         props = torch.cuda.get_device_properties(0)
         name, memory = props.name, props.total_memory / 2**30
         gpu_bf16 = torch.cuda.is_bf16_supported()
-    flags = _cpu_flags()
-    return Machine(
-        cuda=cuda,
-        gpu_name=name,
-        gpu_memory_gb=memory,
-        gpu_bf16=gpu_bf16,
-        cpu_bf16=bool(flags & {"avx512_bf16", "amx_bf16"}),
-        ram_gb=_ram_gb(),
-    )
+    return Machine(cuda=cuda, gpu_name=name, gpu_memory_gb=memory, gpu_bf16=gpu_bf16,
+                   cpu_bf16=has_native_bf16(cpu_flags()), ram_gb=ram_gb())
+
+
+def light_machine() -> Machine:
+    """What this machine has, without importing torch: RAM, CPU flags, and the first GPU via nvidia-smi."""
+    name = memory = None
+    bf16 = False
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    smi = shutil.which("nvidia-smi")
+    if smi and visible not in ("", "-1"):
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                gpu_name, mib, cap = [part.strip() for part in out[0].split(",")]
+                name, memory, bf16 = gpu_name, float(mib) / 1024, float(cap) >= 8.0
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return Machine(cuda=name is not None, gpu_name=name, gpu_memory_gb=memory, gpu_bf16=bf16,
+                   cpu_bf16=has_native_bf16(cpu_flags()), ram_gb=ram_gb())
 
 
 def auto_hardware_profile(machine: Machine) -> str:
@@ -68,3 +92,40 @@ def auto_hardware_profile(machine: Machine) -> str:
     if memory < 40:
         return "gpu_24gb"
     return "gpu_80gb"
+
+
+def hub_is_reachable(timeout: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def reset_peak_memory(device: str) -> None:
+    """Per-job peaks even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device: str) -> float:
+    """This process's peak since the last reset: GPU memory allocated by torch on CUDA, else resident RAM."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -12,15 +12,17 @@ template (seq2seq: the source prefix, in config.json).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
-from slt_hydra.errors import SetupError
-from slt_hydra.translate import (CliError, add_run_arguments, load_tokenizer_like_run, quiet_loading, report_error,
-                                 resolve_run)
+from slt_hydra.errors import CliError, SetupError, report_error
+from slt_hydra.kinds import kind_for
+from slt_hydra.models import locate_model
+from slt_hydra.saved_run import add_run_arguments, load_tokenizer_like_run, quiet_loading, resolve_run
 
 PROG = "python -m slt_hydra.merge"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -62,10 +64,6 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 def merge(run, dtype: str):
     """(merged model, tokenizer, note or None): base unquantized in ``dtype`` on CPU + adapter, merged."""
-    from peft import PeftModel
-
-    from slt_hydra.models import load_model_and_tokenizer, locate_model
-
     cfg = run.cfg
     note = None
     if cfg.quant.get("load_in_4bit") or cfg.quant.get("load_in_8bit"):
@@ -79,11 +77,10 @@ def merge(run, dtype: str):
     cfg.hardware.device, cfg.hardware.dtype = "cpu", dtype
     source = locate_model(cfg.model, cfg.cache_dir)
     if source.local:
-        import os
-
         os.environ["HF_HUB_OFFLINE"] = "1"
-    base, tokenizer = load_model_and_tokenizer(cfg, source)
-    merged = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
+    kind = kind_for(cfg)
+    base, tokenizer = kind.load(cfg, source)
+    merged = kind.attach_adapter(base, run.adapter_dir).merge_and_unload()
     merged.eval()
     return merged, load_tokenizer_like_run(run, tokenizer), note
 
@@ -94,8 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_out_dir(args.out, args.overwrite)
         run = resolve_run(args)
-        from slt_hydra.models import locate_model
-
         locate_model(run.cfg.model, run.cfg.cache_dir)  # a missing base fails before anything is loaded
         for note in run.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -115,14 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = sum(p.numel() for p in merged.parameters())
         print(f"merged model ({params / 1e6:.1f}M parameters, {args.dtype}, safetensors) and tokenizer "
               f"written to {out}")
-        seq2seq = getattr(merged.config, "is_encoder_decoder", False)  # T5, NLLB: no chat prompt
-        auto = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
+        kind = kind_for(run.cfg)
         print("load it with plain transformers (no PEFT, no bitsandbytes):\n"
-              f"    from transformers import {auto}, AutoTokenizer\n"
-              f"    model = {auto}.from_pretrained({str(out)!r})\n"
+              f"    from transformers import {kind.auto_class}, AutoTokenizer\n"
+              f"    model = {kind.auto_class}.from_pretrained({str(out)!r})\n"
               f"    tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n"
-              + ("    # inputs: model.config.prefix + the gloss sequence (saved in config.json)" if seq2seq else
-                 "    # prompts: tokenizer.apply_chat_template(messages, add_generation_prompt=True)"))
+              f"    # {kind.merged_inputs}")
         return 0
     except (SetupError, OmegaConfBaseException, KeyboardInterrupt) as error:
         return report_error("slt_hydra.merge", error)

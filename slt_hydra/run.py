@@ -1,7 +1,8 @@
-"""One experiment, top to bottom: check -> load -> zero-shot -> train -> translate -> score -> log.
+"""One experiment, top to bottom: check -> load -> zero-shot -> train -> save -> translate -> score -> log.
 
-``prepare`` does everything that can fail on bad input (config rules, data files, where the weights
-are) in seconds, before a model is loaded. ``execute`` is the heavy part, inside an MLflow run.
+``prepare`` does everything that can fail on bad input (config rules, data files, where the weights are) in
+seconds, before a model is loaded. ``execute`` is the heavy part, inside an MLflow run; what differs between kinds
+of model (chat LLM, seq2seq) is behind ``kinds.kind_for(cfg)``, so the story is told once, here.
 """
 from __future__ import annotations
 
@@ -10,24 +11,25 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from slt_hydra import distributed, tracking, validate
-from slt_hydra.data import Example, load_splits, to_prompt_completion
+from slt_hydra.config import command_line_overrides, resolve_hardware, translation_batch_size, weights_kind
+from slt_hydra.data import Example, load_splits
 from slt_hydra.errors import SetupError
-from slt_hydra.machine import Machine, auto_hardware_profile, detect_machine
-from slt_hydra.metrics import perplexity, score_corpus
-from slt_hydra.models import ModelSource, load_model_and_tokenizer, locate_model, peft_config
-from slt_hydra.schema import translation_batch_size
-from slt_hydra.validate import SCORES
+from slt_hydra.fewshot import shot_picker
+from slt_hydra.kinds import kind_for
+from slt_hydra.machine import Machine, detect_machine, peak_memory_gb, reset_peak_memory
+from slt_hydra.memory import estimate_memory_gb, resolve_auto_quant
+from slt_hydra.metrics import SCORES, score_corpus
+from slt_hydra.models import ModelSource, locate_model
+from slt_hydra.training import resume_checkpoint, train_and_measure
 
 log = logging.getLogger("slt_hydra")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -38,36 +40,11 @@ class Prepared:
     source: ModelSource
 
 
-def command_line_overrides() -> list[str]:
-    """The running Hydra job's overrides (``lora.r=8`` ...), empty outside a Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def resolve_hardware(cfg: DictConfig, machine: Machine, overrides: list[str] | None = None) -> None:
-    """Replace hardware=auto by the profile that fits this machine (cpu, gpu_16gb, ...).
-
-    ``hardware.KEY=VALUE`` overrides from the command line still win over the chosen profile."""
-    if cfg.hardware.name != "auto":
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    hardware = OmegaConf.merge(cfg.hardware,
-                               OmegaConf.load(CONF_DIR / "hardware" / f"{auto_hardware_profile(machine)}.yaml"))
-    mine = [o for o in (command_line_overrides() if overrides is None else overrides)
-            if o.lstrip("+~").startswith("hardware.")]
-    for override in OverridesParser.create().parse_overrides(mine):
-        OmegaConf.update(hardware, override.key_or_group.removeprefix("hardware."), override.value(), merge=True)
-    cfg.hardware = hardware
-
-
 def prepare(cfg: DictConfig) -> Prepared:
     """All checks that need no model: raise one SetupError listing every problem found."""
     machine = detect_machine()
     resolve_hardware(cfg, machine)
-    from slt_hydra.plan import resolve_auto_quant  # quant=auto -> the highest precision whose memory plan fits
-    resolve_auto_quant(cfg, machine)
+    resolve_auto_quant(cfg, machine)  # quant=auto -> the highest precision whose memory plan fits
     problems = validate.check(cfg, machine)
     if problems:
         raise SetupError("this experiment cannot run as configured:\n  - " + "\n  - ".join(problems))
@@ -136,97 +113,6 @@ def run(cfg: DictConfig) -> float | list[float] | None:
         return None
 
 
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """With train.resume=auto, the newest checkpoint-N/ in output_dir, if the active run wrote it.
-
-    Claims output_dir for the active run either way, so a later resume knows whose checkpoints these are."""
-    import mlflow
-
-    active = mlflow.active_run()
-    if active is None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        return None
-    mine = tracking.claim_output_dir(output_dir, active.info.run_id, cfg.mlflow.tracking_uri)
-    if cfg.train.resume != "auto":
-        return None
-    # The newest complete one: the Trainer writes trainer_state.json last, so a kill mid-save leaves none.
-    complete = [path for path in output_dir.glob("checkpoint-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
-    checkpoint = str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
-    if checkpoint and not mine:
-        log.warning("train.resume=auto: %s is another run's checkpoint, not resumed; training from the start",
-                    checkpoint)
-        return None
-    if checkpoint is None:
-        log.info("train.resume=auto: no checkpoint-N/ in %s yet, training from the start", output_dir)
-    return checkpoint
-
-
-def train_and_measure(trainer, evaluate_dev: bool, checkpoint: str | None, done_before: dict, log_metrics) -> None:
-    """Dev loss before training (unless a resumed run has it), training (from checkpoint, if resuming), its
-    throughput in real tokens, and dev loss after. Shared by the LLM and seq2seq paths."""
-    import mlflow
-
-    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # fresh LoRA adapters are a no-op: the base model
-        loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
-    if checkpoint:
-        log.info("train.resume=auto: continuing from %s", checkpoint)
-        mlflow.set_tag("resumed_from", Path(checkpoint).name)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = result.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen
-    log_metrics({
-        "train_seconds": train_seconds,
-        "train_tokens": tokens,
-        "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
-        "train_loss_final": result.training_loss,
-    })
-    if evaluate_dev:  # with load_best_model_at_end, this is the best checkpoint's
-        loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
-
-
-def score_translations(cfg: DictConfig, examples: list[Example], hypotheses: list[str], seconds: float,
-                       name: str, log_metrics) -> None:
-    """Score one split's translations and log `<name>_<metric>` and its translations/s (LLM and seq2seq paths)."""
-    import mlflow
-
-    scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
-                          lowercase=cfg.dataset.lowercase)
-    log_metrics({f"{name}_{m}": scores[m] for m in SCORES})
-    log_metrics({f"{name}_translations_per_second": len(examples) / seconds})
-    mlflow.set_tag("bleu_signature", scores["bleu_signature"])
-    log.info("%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", name,
-             scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
-
-
-def reset_peak_memory(device: str) -> None:
-    """Per-job peaks even when jobs share a process (Linux: writing 5 to clear_refs resets VmHWM)."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_gb(device: str) -> float:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**30
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def write_predictions(path: Path, examples: list[Example], hypotheses: list[str],
                       zero_shot: list[str] | None) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -236,86 +122,12 @@ def write_predictions(path: Path, examples: list[Example], hypotheses: list[str]
             writer.writerow([example.source, example.target, hypotheses[i]] + ([zero_shot[i]] if zero_shot else []))
 
 
-def sft_config(cfg: DictConfig, output_dir: Path):
-    """TRL SFTConfig from the train and hardware groups. Everything precision-related is explicit:
-    SFTConfig's own defaults (bf16=True, gradient_checkpointing=True) are a trap on CPU."""
-    from trl import SFTConfig
-
-    return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir))
-
-
-def score_target_positions_only() -> None:
-    """Make TRL's fused LM-head loss score only the positions that carry a label (the translation) on CPU too.
-
-    TRL 1.16 does so on CUDA/XPU, but elsewhere it sends every position (prompt and padding included) through the
-    49k-word vocabulary and back, for a loss that ignores all but the target tokens; the reason it gives (tile
-    shapes recompiling on every batch, on Neuron) does not hold for eager CPU kernels. On the default job that was
-    35 % of a training step (docs/benchmarks.md). The compact path is TRL's own: same loss, entropy and token
-    accuracy, computed on the target rows only. Its device test is looked up at call time in trl.trainer.utils;
-    without it (another TRL), nothing changes."""
-    import trl.trainer.utils as trl_utils
-
-    use_triton = getattr(trl_utils, "_use_triton", None)
-    if use_triton is None or getattr(use_triton, "compact_on_cpu", False):
-        return
-
-    def compact(device) -> bool:
-        return device.type == "cpu" or use_triton(device)
-
-    compact.compact_on_cpu = True
-    trl_utils._use_triton = compact
-
-
-def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
-    """The Trainer arguments from the train and hardware groups, shared by SFTConfig and the seq2seq path's
-    Seq2SeqTrainingArguments (slt_hydra/seq2seq.py)."""
-    hw, train = cfg.hardware, cfg.train
-    on_cuda = hw.device == "cuda"
-    return dict(
-        output_dir=str(output_dir),
-        num_train_epochs=train.num_train_epochs,
-        max_steps=train.max_steps,
-        learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps,
-        lr_scheduler_type=train.lr_scheduler_type,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        per_device_train_batch_size=train.per_device_train_batch_size or hw.per_device_train_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps or hw.gradient_accumulation_steps,
-        per_device_eval_batch_size=hw.per_device_eval_batch_size,
-        train_sampling_strategy=train.train_sampling_strategy,
-        logging_steps=train.logging_steps,
-        eval_strategy=train.eval_strategy,
-        eval_steps=train.eval_steps,
-        save_strategy=train.save_strategy,
-        save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit,
-        load_best_model_at_end=train.load_best_model_at_end,
-        metric_for_best_model="eval_loss" if train.load_best_model_at_end else None,
-        seed=train.seed,
-        data_seed=train.seed,
-        bf16=on_cuda and hw.dtype == "bfloat16",
-        fp16=on_cuda and hw.dtype == "float16",
-        use_cpu=not on_cuda,
-        optim=hw.optim,
-        gradient_checkpointing=hw.gradient_checkpointing,
-        include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
-        report_to=["mlflow"],  # the Trainer's MLflow callback logs into our open run
-        run_name=None,
-        save_only_model=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        **distributed.trainer_kwargs(cfg),  # several processes: gloo/nccl, FSDP or DeepSpeed (distributed.py)
-    )
-
-
 def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     if distributed.should_launch(cfg):  # hardware.num_processes > 1: torchrun runs this job; rank 0 logs here
         return objective_value(cfg, distributed.launch(cfg))
     import mlflow
     import torch
     from transformers import EarlyStoppingCallback, set_seed
-    from trl import SFTTrainer
 
     started = time.perf_counter()
     reset_peak_memory(cfg.hardware.device)
@@ -327,32 +139,31 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         mlflow = distributed.NoTracking()
     checkpoint = resume_checkpoint(cfg, output_dir)
     done_before = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics if checkpoint else {}
+    kind = kind_for(cfg)
 
     mlflow.set_tags({
         "model": cfg.model.name, "model_family": cfg.model.family, "params_b": str(cfg.model.params_b),
-        "precision": validate.weights_kind(cfg), "quant": cfg.quant.name, "hardware": cfg.hardware.name,
+        "precision": weights_kind(cfg), "quant": cfg.quant.name, "hardware": cfg.hardware.name,
         "dataset": cfg.dataset.name, "lora_r": str(cfg.lora.r) if cfg.lora.enabled else "full",
         "git_commit": tracking.git_commit() or "unknown",
     })
     mlflow.log_metrics({f"data_{key}": value for key, value in prepared.data_counts.items()})
-    estimate = validate.estimate_memory_gb(cfg)
+    estimate = estimate_memory_gb(cfg)
     if estimate is not None:
         mlflow.log_metric("memory_estimate_gb", estimate)
-    if cfg.model.architecture == "seq2seq":  # T5, NLLB: transformers' Seq2SeqTrainer, same metrics
-        from slt_hydra import seq2seq
-
-        return seq2seq.execute(cfg, prepared, output_dir, started, checkpoint, done_before)
 
     # FSDP/ZeRO-3: the training arguments first, so the process group and DeepSpeed's config exist at load time.
-    args = sft_config(cfg, output_dir) if distributed.sharded(cfg.hardware) and not cfg.eval.only else None
+    args = kind.training_arguments(cfg, output_dir) if distributed.sharded(cfg.hardware) and not cfg.eval.only \
+        else None
 
     # Model.
     t = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(cfg, prepared.source)
+    model, tokenizer = kind.load(cfg, prepared.source)
     mlflow.log_metric("model_load_seconds", time.perf_counter() - t)
-    mlflow.set_tag("param_count", str(sum(p.numel() for p in model.parameters())))
+    mlflow.set_tags({"param_count": str(sum(p.numel() for p in model.parameters())), **kind.tags(cfg, model)})
     mlflow.log_metric("model_memory_gb", model.get_memory_footprint() / 2**30)  # weights as really held
-    log.info("loaded %s (%s) in %.1fs", cfg.model.name, prepared.source.location, time.perf_counter() - t)
+    log.info("loaded %s (%s, %s) in %.1fs", cfg.model.name, prepared.source.location, kind.name,
+             time.perf_counter() - t)
 
     batch_size = translation_batch_size(cfg)
     splits = prepared.splits
@@ -363,13 +174,17 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         mlflow.log_metrics(values)
 
     def translate_and_score(generator, split: str, prefix: str, shots_for=None) -> list[str]:
-        from slt_hydra.translate import translate
-
         t0 = time.perf_counter()
         examples = splits[split]
-        hypotheses = translate(generator, tokenizer, [e.source for e in examples], cfg.dataset, cfg.generate,
-                               batch_size, shots_for=shots_for)
-        score_translations(cfg, examples, hypotheses, time.perf_counter() - t0, prefix + split, log_metrics)
+        hypotheses = kind.translate(cfg, generator, tokenizer, [e.source for e in examples], batch_size, shots_for)
+        seconds = time.perf_counter() - t0
+        scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
+                              lowercase=cfg.dataset.lowercase)
+        log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
+        log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})
+        mlflow.set_tag("bleu_signature", scores["bleu_signature"])
+        log.info("%s%s: BLEU-4 %.2f chrF %.2f ROUGE-L %.2f (%d sentences, %.1fs)", prefix, split,
+                 scores["bleu4"], scores["chrf"], scores["rougeL"], len(examples), seconds)
         return hypotheses
 
     def score_splits(generator, zero_shot: list[str] | None = None, shots_for=None) -> None:
@@ -394,15 +209,9 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         return objective
 
     if cfg.eval.only:  # score the base model, or a saved adapter, with k-shot prompts if asked
-        from slt_hydra.fewshot import shot_picker
-
         mlflow.set_tags({"mode": "eval_only", "shots": str(cfg.eval.shots),
                          "shot_selection": cfg.eval.shot_selection, "adapter": str(cfg.eval.adapter)})
-        generator = model
-        if cfg.eval.adapter:
-            from peft import PeftModel
-
-            generator = PeftModel.from_pretrained(model, str(Path(cfg.eval.adapter).expanduser()))
+        generator = kind.attach_adapter(model, Path(cfg.eval.adapter).expanduser()) if cfg.eval.adapter else model
         score_splits(generator, shots_for=shot_picker(splits["train"], cfg.eval.shots, cfg.eval.shot_selection,
                                                       cfg.train.seed))
         return finish()
@@ -417,21 +226,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         zero_shot = translate_and_score(model, "test", "zeroshot_")
         zero_shot_file.write_text(json.dumps(zero_shot, ensure_ascii=False))
 
-    # Train: TRL SFT on prompt-completion conversations, loss on the completion only.
+    # Train, with the lora group's adapter; checkpoint-N/ folders land beside the predictions.
     evaluate_dev = cfg.train.eval_strategy != "no"
     callbacks = []
     if cfg.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    score_target_positions_only()
-    trainer = SFTTrainer(
-        model=model,
-        args=args or sft_config(cfg, output_dir),  # checkpoint-N/ folders land beside the predictions
-        train_dataset=to_prompt_completion(splits["train"], cfg.dataset),
-        eval_dataset=to_prompt_completion(splits["dev"], cfg.dataset) if evaluate_dev else None,
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora),
-        callbacks=callbacks,
-    )
+    trainer = kind.trainer(cfg, model, tokenizer, splits, args or kind.training_arguments(cfg, output_dir),
+                           evaluate_dev, callbacks)
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
 

@@ -15,15 +15,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from slt_hydra.errors import SetupError
 
 PARENT_FILE = "mlflow_parent_run.json"
 RUN_FILE = "mlflow_run.json"  # in each job's output dir: the run that train.resume=auto continues
 JOB_TAG = "slt.job"  # a sweep job's overrides, minus the ones that only say how to run: matches it on resume
 NOT_PART_OF_JOB = ("train.resume=", "sweep.", "hydra.", "mlflow.tracking_uri=")
 STATUS_TAG = "slt.status"  # finished | failed | invalid | oom | killed
-SECRET_KEY = re.compile(r"(^|[_-])(token|secret|password|passwd|api[_-]?key)$", re.IGNORECASE)  # hf_token, not max_new_tokens
+# hf_token, not max_new_tokens
+SECRET_KEY = re.compile(r"(^|[_-])(token|secret|password|passwd|api[_-]?key)$", re.IGNORECASE)
 HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -67,6 +73,11 @@ def git_commit() -> str | None:
         return None
 
 
+def default_tracking_uri(explicit: str | None = None) -> str:
+    """The store the CLIs read: --tracking-uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db (as the app writes)."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
 def use_store(tracking_uri: str, experiment_name: str) -> str:
     """Point the fluent API at the store and experiment; returns the experiment id."""
     import mlflow
@@ -80,9 +91,6 @@ def use_store(tracking_uri: str, experiment_name: str) -> str:
 
 def hydra_runtime() -> tuple[dict, str | None, str]:
     """(group choices, sweep dir when in a multirun, override string) of the running Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return {}, None, ""
     hc = HydraConfig.get()
@@ -92,8 +100,6 @@ def hydra_runtime() -> tuple[dict, str | None, str]:
 
 def swept_keys(config: DictConfig) -> list[str]:
     """The keys a sweep varies: `a=1,2`-style command-line overrides and the sweeper's own params."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [override.get_key_element().lstrip("+~") for override in parsed if override.is_sweep_override()]
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -156,8 +162,6 @@ def run_to_resume(cfg: DictConfig) -> str | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from slt_hydra.errors import SetupError
-
     marker = Path(cfg.output_dir) / RUN_FILE
     if cfg.train.resume != "auto" or not marker.is_file():
         return None
@@ -168,11 +172,12 @@ def run_to_resume(cfg: DictConfig) -> str | None:
         logged = MlflowClient(cfg.mlflow.tracking_uri).get_run(info["run_id"]).data.params
     except MlflowException:
         return None  # the run was deleted from the store: start afresh
-    differ = [key for key, value in flatten(config_container(cfg)).items()
+    now = flatten(config_container(cfg))
+    differ = [key for key, value in now.items()
               if key in logged and logged[key] != value and key != "train.resume"]
     if differ:
         raise SetupError(f"train.resume=auto: {cfg.output_dir} holds run {info['run_id']} with a different config ("
-                         + ", ".join(f"{k}={logged[k]} there, {flatten(config_container(cfg))[k]} now" for k in differ[:5])
+                         + ", ".join(f"{k}={logged[k]} there, {now[k]} now" for k in differ[:5])
                          + "): use the same overrides as that run, or a new hydra.run.dir")
     return info["run_id"]
 
@@ -212,8 +217,6 @@ def job_run(cfg: DictConfig, parent_run_id: str | None, run_name: str, tags: dic
 def record_failure(error: BaseException) -> None:
     import mlflow
 
-    from slt_hydra.errors import SetupError
-
     if isinstance(error, SetupError):
         status = "invalid"  # the combination was refused before loading anything
     elif "out of memory" in str(error).lower() or isinstance(error, MemoryError):
@@ -247,7 +250,6 @@ class MlflowSweepCallback(Callback):
     """Parent run per multirun: created before the first job, closed with counts and the best child."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
         from mlflow.tracking import MlflowClient
 
         HydraConfig.instance().set_config(config)  # so ${hydra:runtime.cwd} in the store's URI resolves here too

@@ -81,7 +81,7 @@ def test_mlflow_store_defaults_to_sqlite_in_the_launch_directory(tmp_path, monke
 
 
 def test_translation_batch_size_resolution(tmp_path):
-    from slt_hydra.schema import translation_batch_size
+    from slt_hydra.config import translation_batch_size
 
     cpu = compose_config(["hardware=cpu"], tmp_path)
     assert translation_batch_size(cpu) == cpu.hardware.generate_batch_size == 128  # the profile's own setting
@@ -92,3 +92,33 @@ def test_translation_batch_size_resolution(tmp_path):
     assert translation_batch_size(gpu) == gpu.hardware.per_device_eval_batch_size
     saved = OmegaConf.create({"generate": {"batch_size": None}, "hardware": {"per_device_eval_batch_size": 24}})
     assert translation_batch_size(saved) == 24  # a run config saved before the key existed
+
+
+def schema_defaults(node) -> dict:
+    """The schema's defaults for one dataclass, MISSING keys left out."""
+    return {key: value for key, value in OmegaConf.to_container(OmegaConf.structured(node)).items()
+            if value != "???" and not isinstance(value, dict)}
+
+
+
+@pytest.mark.parametrize("group", ["lora", "train", "generate", "mlflow", "eval", "sweep"])
+def test_schema_defaults_agree_with_the_default_option(group):
+    """One source of truth: where the schema and a group's default option both give a key a value, they agree (a
+    schema default is what an option that leaves the key out gets, so a disagreement misleads its reader).
+    hardware is left out: its default option, auto, is replaced by a whole profile at run time."""
+    from slt_hydra import schema
+
+    node = {"lora": schema.LoraConfig, "train": schema.TrainConfig, "generate": schema.GenerateConfig,
+            "mlflow": schema.MlflowConfig, "eval": schema.EvalConfig, "sweep": schema.SweepConfig}[group]
+    top = OmegaConf.load(CONF / "config.yaml")
+    if group in top:  # eval and sweep are set in config.yaml itself
+        written = OmegaConf.to_container(top[group])
+    else:
+        default_option = next(entry[group] for entry in OmegaConf.to_container(top.defaults)
+                              if isinstance(entry, dict) and group in entry)
+        written = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{default_option}.yaml"))
+    defaults = schema_defaults(node)
+    disagree = {key: (defaults[key], written[key]) for key in set(defaults) & set(written)
+                if written[key] != defaults[key]}
+    assert not disagree, f"{group}: (schema default, conf value): {disagree}"
+    assert set(defaults) & set(written) or group == "sweep", "the comparison compared nothing"

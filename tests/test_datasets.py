@@ -234,11 +234,11 @@ def test_hub_offline_is_refused_with_how_to_use_a_local_copy(tmp_path, monkeypat
 
 
 def test_hub_unreachable_is_refused(tmp_path, monkeypatch, no_network):
-    import slt_hydra.models
+    import slt_hydra.machine
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(slt_hydra.models, "hub_is_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(slt_hydra.machine, "hub_is_reachable", lambda timeout=2.0: False)
     with pytest.raises(DataError, match=r"offline \(huggingface.co:443 did not answer within 2 s\)"):
         load_splits(cfg_for(tmp_path, "dataset=hub", "dataset.hub_id=someone/asl-gloss"))
 
@@ -253,11 +253,11 @@ def fake_hub(monkeypatch):
     """Online, with datasets.load_dataset answering from memory; returns the recorded calls."""
     import datasets
 
-    import slt_hydra.models
+    import slt_hydra.machine
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(slt_hydra.models, "hub_is_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(slt_hydra.machine, "hub_is_reachable", lambda timeout=2.0: True)
     calls = []
     store = {
         "org/three-splits": {

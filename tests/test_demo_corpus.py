@@ -1,4 +1,4 @@
-"""The shipped synthetic demo corpus and its generator (slt_hydra/demo_corpus.py)."""
+"""The shipped synthetic demo corpus and its generator (tools/demo_corpus.py)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slt_hydra import demo_corpus
+from tools import demo_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_write_corpus_reproduces_shipped_files_byte_for_byte(tmp_path):
 def test_cli_reproduces_shipped_files_byte_for_byte(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "slt_hydra.demo_corpus", "--out", str(out), "--seed", "13",
+        [sys.executable, "-m", "tools.demo_corpus", "--out", str(out), "--seed", "13",
          "--train", "600", "--dev", "100", "--test", "100"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -172,6 +172,6 @@ def test_all_templates_are_used(corpus):
 
 def test_module_says_it_is_synthetic():
     doc = demo_corpus.__doc__ or ""
-    assert "SYNTHETIC" in doc and "python -m slt_hydra.demo_corpus" in doc
+    assert "SYNTHETIC" in doc and "python -m tools.demo_corpus" in doc
     readme = (DEMO_DIR / "README.md").read_text(encoding="utf-8")
-    assert "synthetic" in readme.lower() and "python -m slt_hydra.demo_corpus" in readme
+    assert "synthetic" in readme.lower() and "python -m tools.demo_corpus" in readme

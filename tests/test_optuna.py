@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from conftest import run_app, tiny_args
 
 
-
 def trial_args(model_dir: Path) -> list[str]:
     """The tiny model's overrides minus its fixed learning rate (searched here), dev split only (the objective)."""
     return [arg for arg in tiny_args(model_dir, "hardware.torch_threads=1", "eval.splits=[dev]")
@@ -97,7 +96,8 @@ def test_optuna_pareto_returns_bleu_and_memory_per_trial(tiny_model, tmp_path):
     for trial in study.trials:
         bleu, memory = trial.values
         assert math.isfinite(bleu) and 0 < memory < 64  # GB: the job's peak RSS here
-        child = by_values[(trial.params["quant"], str(trial.params["lora.r"]), str(trial.params["train.learning_rate"]))]
+        params = trial.params
+        child = by_values[(params["quant"], str(params["lora.r"]), str(params["train.learning_rate"]))]
         assert child.data.metrics["dev_bleu4"] == pytest.approx(bleu)
         assert child.data.metrics["peak_memory_gb"] == pytest.approx(memory)
     front = OmegaConf.load(tmp_path / "multirun/pareto/optimization_results.yaml").solutions

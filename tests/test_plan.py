@@ -9,10 +9,9 @@ import time
 import pytest
 
 from conftest import CONF, ROOT, compose_config
-from slt_hydra import plan as planner
-from slt_hydra import validate
+from slt_hydra import memory, validate
+from slt_hydra.config import resolve_hardware, weights_kind
 from slt_hydra.machine import Machine
-from slt_hydra.run import resolve_hardware
 
 MODELS = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
 CPU = Machine(cuda=False, gpu_name=None, gpu_memory_gb=None, gpu_bf16=False, cpu_bf16=False, ram_gb=24.0)
@@ -29,11 +28,11 @@ def composed(*overrides: str, machine: Machine = CPU):
 @pytest.mark.parametrize("model", MODELS)
 def test_parameter_count_matches_the_published_size(model):
     cfg = compose_config([f"model={model}"])
-    arch = planner.Arch.from_cfg(cfg.model)
+    arch = memory.Arch.from_cfg(cfg.model)
     if arch is None:
         assert model == "local", f"model={model} needs arch numbers (only model=local may go without)"
         pytest.skip("model=local has no arch numbers")
-    computed = planner.count_params(arch).total / 1e9
+    computed = memory.count_params(arch).total / 1e9
     assert computed == pytest.approx(cfg.model.params_b, rel=0.02), (computed, cfg.model.params_b)
 
 
@@ -56,42 +55,42 @@ def test_every_model_carries_its_metadata(model):
     else:
         assert rec.lora_r in (8, 16) and rec.learning_rate == 3e-4
     # The recommended targets exist in the model (Phi-2's dense, Phi-3's fused qkv_proj/gate_up_proj).
-    matched, missing = planner.lora_targets(planner.Arch.from_cfg(m), list(rec.target_modules))
+    matched, missing = memory.lora_targets(memory.Arch.from_cfg(m), list(rec.target_modules))
     assert matched and not missing
 
 
 def test_counts_match_known_exact_figures():
-    llama2 = planner.Arch.from_cfg(compose_config(["model=llama2_7b"]).model)
-    assert planner.count_params(llama2).total == 6_738_415_616  # Llama-2-7b-hf
+    llama2 = memory.Arch.from_cfg(compose_config(["model=llama2_7b"]).model)
+    assert memory.count_params(llama2).total == 6_738_415_616  # Llama-2-7b-hf
     small = compose_config(["model=llama2_7b", "lora=small"])  # r8 on q_proj, v_proj: PEFT's README example
-    assert planner.lora_param_count(llama2, small.lora) == 4_194_304
-    smol = planner.Arch.from_cfg(compose_config([]).model)
-    assert planner.count_params(smol).total == 134_515_008  # numel of the embedded SmolLM2-135M, measured
+    assert memory.lora_param_count(llama2, small.lora) == 4_194_304
+    smol = memory.Arch.from_cfg(compose_config([]).model)
+    assert memory.count_params(smol).total == 134_515_008  # numel of the embedded SmolLM2-135M, measured
     qwen = compose_config(["model=qwen2.5_7b_instruct"])
-    assert planner.lora_param_count(planner.Arch.from_cfg(qwen.model), qwen.lora) == 10_092_544  # r16 q,k,v,o
+    assert memory.lora_param_count(memory.Arch.from_cfg(qwen.model), qwen.lora) == 10_092_544  # r16 q,k,v,o
 
 
 def test_nf4_bytes_per_parameter_of_a_big_model():
     cfg = composed("model=qwen2.5_72b", "quant=4bit", "hardware=gpu_80gb")
-    plan = planner.plan_memory(cfg)
+    plan = memory.plan_memory(cfg)
     quantized, rest = plan.rows[0], plan.rows[1]
     linear_params = float(quantized.what.split("(")[1].split("B)")[0]) * 1e9
     assert 0.5 < quantized.bytes / linear_params < 0.6  # 0.5 + 8-bit absmax per 64 + fp32 per 256 blocks
     assert 0.5 < (quantized.bytes + rest.bytes) / plan.params < 0.6  # embeddings/lm_head stay 16-bit
-    no_dq = planner.plan_memory(composed("model=qwen2.5_72b", "quant=4bit", "hardware=gpu_80gb",
+    no_dq = memory.plan_memory(composed("model=qwen2.5_72b", "quant=4bit", "hardware=gpu_80gb",
                                          "quant.bnb_4bit_use_double_quant=false"))
     assert no_dq.rows[0].bytes / linear_params == pytest.approx(0.5 + 4 / 64, rel=1e-3)
 
 
 def test_fp32_weights_match_the_measured_footprint():
     # SmolLM2-135M loaded in fp32 on CPU: model.get_memory_footprint() = 538,060,288 bytes (docs/memory.md).
-    plan = planner.plan_memory(composed("hardware=cpu"))
+    plan = memory.plan_memory(composed("hardware=cpu"))
     assert plan.rows[0].bytes == pytest.approx(538_060_288, rel=1e-5)
 
 
 def test_memory_grows_with_batch_and_shrinks_with_checkpointing():
     base = ["model=qwen2.5_7b_instruct", "quant=4bit", "hardware=gpu_24gb"]
-    total = lambda *extra: planner.plan_memory(composed(*base, *extra)).total_gb  # noqa: E731
+    total = lambda *extra: memory.plan_memory(composed(*base, *extra)).total_gb  # noqa: E731
     assert total("hardware.per_device_train_batch_size=16") > total("hardware.per_device_train_batch_size=2")
     assert total("hardware.gradient_checkpointing=false") > total("hardware.gradient_checkpointing=true")
     assert total("lora=large") > total("lora=small")
@@ -150,10 +149,10 @@ def test_plan_imports_neither_torch_nor_transformers(tmp_path):
 ])
 def test_quant_auto_picks_the_highest_precision_that_fits(model, hardware, expected):
     cfg = composed(f"model={model}", "quant=auto", *f"hardware={hardware}".split())
-    assert planner.resolve_auto_quant(cfg, CPU) == expected
+    assert memory.resolve_auto_quant(cfg, CPU) == expected
     assert cfg.quant.name == expected
     machine = CPU if cfg.hardware.device == "cpu" else GPU
-    assert planner.plan_memory(cfg, machine).fits
+    assert memory.plan_memory(cfg, machine).fits
     assert validate.check(cfg, machine) == []
 
 
@@ -164,7 +163,7 @@ def test_quant_auto_is_resolved_by_prepare(monkeypatch):
     monkeypatch.setattr(run, "detect_machine", lambda: CPU)
     cfg = compose_config(["quant=auto", "hardware=cpu"])
     run.prepare(cfg)  # data and the embedded model's files only: no model is loaded
-    assert cfg.quant.name == "none" and validate.weights_kind(cfg) == "float32"
+    assert cfg.quant.name == "none" and weights_kind(cfg) == "float32"
 
 
 def test_a_reasoning_model_is_warned_about_not_refused(caplog):
@@ -185,14 +184,14 @@ def test_plan_cli_prints_the_reasoning_warning(tmp_path):
 
 
 def test_lora_targets_that_match_nothing_are_named():
-    notes = planner.notes(composed("model=phi3_mini_4k_instruct"))  # lora=default: q/k/v/o_proj
+    notes = memory.plan_notes(composed("model=phi3_mini_4k_instruct"))  # lora=default: q/k/v/o_proj
     assert any("q_proj" in n and "qkv_proj" in n for n in notes), notes
-    assert not planner.notes(composed("model=phi3_mini_4k_instruct", "lora.target_modules=[qkv_proj,o_proj]"))
+    assert not memory.plan_notes(composed("model=phi3_mini_4k_instruct", "lora.target_modules=[qkv_proj,o_proj]"))
 
 
 def test_moe_experts_stay_unquantized_under_bitsandbytes():
     # transformers 5 fuses Mixtral's experts into 3-D tensors, which bitsandbytes does not quantize.
-    plan = planner.plan_memory(composed("model=mixtral_8x7b", "quant=4bit", "hardware=gpu_80gb"))
+    plan = memory.plan_memory(composed("model=mixtral_8x7b", "quant=4bit", "hardware=gpu_80gb"))
     experts = 32 * 8 * 3 * 4096 * 14336
     assert plan.rows[1].bytes > experts * 2  # the rest, in bf16, includes every expert
     assert any("experts" in n for n in plan.warnings)
@@ -201,7 +200,7 @@ def test_moe_experts_stay_unquantized_under_bitsandbytes():
 def test_validate_refuses_only_what_cannot_fit_and_warns_about_the_worst_case(caplog):
     # 7B 4-bit on a 24 GB CPU, fp32, batch 16: ~50 GB with every sequence at 256 tokens, ~9 GB before the first one.
     cfg = composed("model=qwen2.5_7b_instruct", "quant=4bit")
-    plan = planner.plan_memory(cfg, CPU)
+    plan = memory.plan_memory(cfg, CPU)
     assert plan.floor_gb < 21.6 < plan.total_gb
     with caplog.at_level(logging.WARNING, logger="slt_hydra"):
         assert validate.check(cfg, CPU) == []
@@ -214,7 +213,7 @@ def test_validate_refuses_only_what_cannot_fit_and_warns_about_the_worst_case(ca
 
 def test_coarse_estimate_without_arch_is_kept():
     cfg = composed("model=local", "model.path=/nowhere", "model.params_b=0.5", "hardware=cpu")
-    assert planner.Arch.from_cfg(cfg.model) is None
-    assert validate.estimate_memory_gb(cfg) == pytest.approx((0.5e9 * 4 + 0.5e9 * 0.01 * 16) * 1.2 / 2**30 + 1.0)
+    assert memory.Arch.from_cfg(cfg.model) is None
+    assert memory.estimate_memory_gb(cfg) == pytest.approx((0.5e9 * 4 + 0.5e9 * 0.01 * 16) * 1.2 / 2**30 + 1.0)
     unknown = composed("model=local", "model.path=/nowhere", "hardware=cpu")
-    assert validate.estimate_memory_gb(unknown) is None and planner.plan_memory(unknown, CPU).fits is None
+    assert memory.estimate_memory_gb(unknown) is None and memory.plan_memory(unknown, CPU).fits is None

@@ -14,8 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, app_env, compose_config, run_app, tiny_args
-from slt_hydra import plan as planner
-from slt_hydra import validate
+from slt_hydra import memory, validate
 from slt_hydra.machine import Machine
 
 DEMO = ROOT / "slt_hydra" / "resources" / "demo"
@@ -141,21 +140,21 @@ def test_zoo_arch_numbers_give_the_real_parameter_and_lora_counts(model):
         build = M2M100ForConditionalGeneration
     with torch.device("meta"):
         real = build(config)
-    arch = planner.Arch.from_cfg(cfg.model)
-    assert planner.count_params(arch).total == sum(p.numel() for p in real.parameters())
+    arch = memory.Arch.from_cfg(cfg.model)
+    assert memory.count_params(arch).total == sum(p.numel() for p in real.parameters())
     adapted = get_peft_model(real, peft_config(cfg.lora, task_type="SEQ_2_SEQ_LM", family=cfg.model.family))
     lora = sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name)
-    assert lora == planner.lora_param_count(arch, cfg.lora) > 0
-    assert not planner.notes(cfg), "lora=default matches the model and a seq2seq model needs no chat template"
+    assert lora == memory.lora_param_count(arch, cfg.lora) > 0
+    assert not validate.warnings(cfg), "lora=default matches the model and a seq2seq model needs no chat template"
 
 
 def test_encoder_decoder_plan_counts_the_materialized_logits():
     # NLLB's 256k vocabulary: the logits of a batch, not the weights, dominate the training peak.
-    plan = planner.plan_memory(compose_config(["model=nllb_200_distilled_600m", "hardware=cpu"]), CPU)
+    plan = memory.plan_memory(compose_config(["model=nllb_200_distilled_600m", "hardware=cpu"]), CPU)
     rows = dict((row.what, row.bytes) for row in plan.peaks["training step"][1])
     assert rows["loss (logits)"] >= 16 * 256 * 256206 * 16  # batch 16 x 256 tokens x V x (4 + 12) bytes
     assert plan.peak_phase == "training step" and plan.floor_gb < 4
-    t5 = planner.plan_memory(compose_config(["model=t5_base", "hardware=cpu"]), CPU)
+    t5 = memory.plan_memory(compose_config(["model=t5_base", "hardware=cpu"]), CPU)
     assert t5.fits and t5.params == 222_903_552
 
 
@@ -179,7 +178,7 @@ def test_rules_for_seq2seq(tmp_path):
 
 
 def test_language_codes_and_prefix_follow_the_dataset(tmp_path):
-    from slt_hydra.seq2seq import language_codes, source_prefix
+    from slt_hydra.models import language_codes, source_prefix
 
     demo = compose_config(["model=nllb_200_distilled_600m"], tmp_path)
     assert language_codes(demo) == ("eng_Latn", "eng_Latn")
@@ -196,7 +195,7 @@ def test_tokenize_ends_every_target_with_one_eos():
     from transformers import PreTrainedTokenizerFast
 
     from slt_hydra.data import Example
-    from slt_hydra.seq2seq import tokenize
+    from slt_hydra.kinds.seq2seq import tokenize
 
     examples = [Example("IX-1 LIKE COFFEE", "I like coffee.", "a:1"), Example("RAIN TOMORROW", "It rains.", "a:2")]
     t5 = t5_tokenizer()  # appends </s> itself: not twice

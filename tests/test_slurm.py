@@ -65,7 +65,8 @@ def path(pattern, task):
             .replace("%j", os.environ["SLURM_JOB_ID"]).replace("%t", str(task)))
 procs = []
 for task in range(tasks):
-    env = dict(os.environ, SLURM_PROCID=str(task), SLURM_LOCALID=str(task % per_node), SLURM_NODEID=str(task // per_node))
+    env = dict(os.environ, SLURM_PROCID=str(task), SLURM_LOCALID=str(task % per_node),
+               SLURM_NODEID=str(task // per_node))
     procs.append(subprocess.Popen(" ".join(args), shell=True, env=env,
                                   stdout=open(path(out, task), "a"), stderr=open(path(err or out, task), "a")))
 sys.exit(max(p.wait() for p in procs))

@@ -3,9 +3,9 @@ with the same loss, gradients and logged metrics as TRL's own full-vocabulary pa
 from __future__ import annotations
 
 import torch
-
 import trl.trainer.utils as trl_utils
-from slt_hydra.run import score_target_positions_only
+
+from slt_hydra.training import score_target_positions_only
 
 
 def fused_model(tiny_model):

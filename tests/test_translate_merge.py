@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from conftest import app_env, run_app, tiny_args
 from slt_hydra import merge as merge_cli
 from slt_hydra import translate as translate_cli
-from slt_hydra.models import load_model_and_tokenizer, locate_model
-from slt_hydra.translate import translate
+from slt_hydra.generation import translate_chat as translate
+from slt_hydra.models import load_causal_lm, locate_model
 
 GLOSSES = ["IX-1 LIKE COFFEE", "TOMORROW IX-1 GO STORE FINISH", "HELLO"]
 TRAIN = ("train.learning_rate=5e-2", "train.warmup_steps=0", "eval.zero_shot=false", "eval.splits=[test]",
@@ -56,7 +56,7 @@ def reference(trained):
     from peft import PeftModel
 
     cfg = OmegaConf.load(trained / "run" / ".hydra" / "config.yaml")
-    base, tokenizer = load_model_and_tokenizer(cfg, locate_model(cfg.model, cfg.cache_dir))
+    base, tokenizer = load_causal_lm(cfg, locate_model(cfg.model, cfg.cache_dir))
     model = PeftModel.from_pretrained(base, str(trained / "run" / "adapter")).eval()
     return model, tokenizer, cfg
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
-import slt_hydra.translate as translate_module
+import slt_hydra.generation as generation
 from slt_hydra.data import build_messages
-from slt_hydra.translate import shared_prefix, translate
+from slt_hydra.generation import shared_prefix
+from slt_hydra.generation import translate_chat as translate
 
 GLOSSES = ["IX-1 LIKE BOOK", "NEXT-WEEK fs-JOHN VISIT GRANDMOTHER HOUSE WHY", "TOMORROW RAIN",
            "POSS-2 CAT SLEEP WHERE", "YESTERDAY IX-3 BUY NEW CAR NOT"]
@@ -46,8 +47,8 @@ def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cf
     monkeypatch.setattr(model, "generate", recording_generate)
     ours = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
     assert calls[0] == (True, 5)  # the shared system turn came in as a cache
-    monkeypatch.setattr(translate_module, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
-    monkeypatch.setattr(translate_module, "generate_dropping_finished", one_generate_call)
+    monkeypatch.setattr(generation, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
+    monkeypatch.setattr(generation, "generate_dropping_finished", one_generate_call)
     calls.clear()
     plain = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
     assert calls == [(False, 5)]
@@ -81,7 +82,7 @@ def test_dropping_finished_rows_gives_the_same_tokens(tiny_model, make_cfg):
     with torch.inference_mode():
         plain = model.generate(**enc, **settings)[:, width:]
         model.generate = recording_generate
-        dropped = translate_module.generate_dropping_finished(model, dict(enc), settings, stop, every=2)
+        dropped = generation.generate_dropping_finished(model, dict(enc), settings, stop, every=2)
     assert rows_per_call[0] == len(GLOSSES) and min(rows_per_call) == len(GLOSSES) - 2  # rows really left
     assert len(rows_per_call) == 6  # 12 tokens in rounds of 2
     assert torch.equal(dropped, plain)
@@ -116,7 +117,7 @@ def test_no_shared_prefix_for_a_single_prompt(tiny_model, make_cfg):
 def test_stop_token_ids_from_generation_config_or_tokenizer():
     from types import SimpleNamespace
 
-    from slt_hydra.translate import stop_token_ids
+    from slt_hydra.generation import stop_token_ids
 
     def model(eos):
         return SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))

@@ -46,7 +46,8 @@ def browser_paths() -> tuple[str, str]:
     except ImportError:
         missing.append("the selenium package (`make setup`)")
     if missing:
-        reason = f"browser test needs {', '.join(missing)}: install with `make browser` (Debian: chromium chromium-driver)"
+        reason = (f"browser test needs {', '.join(missing)}: "
+                  "install with `make browser` (Debian: chromium chromium-driver)")
         if os.environ.get("SLT_HYDRA_REQUIRE_BROWSER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from slt_hydra import validate
+from slt_hydra import memory, validate
+from slt_hydra.config import resolve_hardware
 from slt_hydra.machine import Machine, auto_hardware_profile
-from slt_hydra.run import resolve_hardware
 
 CPU_NO_BF16 = Machine(cuda=False, gpu_name=None, gpu_memory_gb=None, gpu_bf16=False, cpu_bf16=False, ram_gb=24.0)
 CPU_BF16 = Machine(cuda=False, gpu_name=None, gpu_memory_gb=None, gpu_bf16=False, cpu_bf16=True, ram_gb=24.0)
@@ -81,7 +81,7 @@ def test_memory_estimate_orders_precisions(make_cfg):
     # so gpu_80gb's own batch 16 without checkpointing would be a different (much larger) figure.
     guides = ["hardware.per_device_train_batch_size=4", "hardware.per_device_eval_batch_size=4",
               "hardware.gradient_checkpointing=true", "train.max_length=512"]
-    sizes = {q: validate.estimate_memory_gb(make_cfg("model=qwen2.5_7b_instruct", "hardware=gpu_80gb", f"quant={q}",
+    sizes = {q: memory.estimate_memory_gb(make_cfg("model=qwen2.5_7b_instruct", "hardware=gpu_80gb", f"quant={q}",
                                                      *guides))
              for q in ("4bit", "8bit", "bf16", "none")}
     assert sizes["4bit"] < sizes["8bit"] < sizes["bf16"] == sizes["none"]  # gpu_80gb computes in bf16

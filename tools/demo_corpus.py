@@ -10,8 +10,8 @@ translation.
 Regenerate the shipped files (``slt_hydra/resources/demo/{train,dev,test}.jsonl``)
 with::
 
-    python -m slt_hydra.demo_corpus                      # seed 13, 600/100/100
-    python -m slt_hydra.demo_corpus --out DIR --seed 7 --train 600 --dev 100 --test 100
+    python -m tools.demo_corpus                      # seed 13, 600/100/100
+    python -m tools.demo_corpus --out DIR --seed 7 --train 600 --dev 100 --test 100
 
 The output only depends on the arguments (pure stdlib, no hashing of sets, no
 clock), so the same command writes the same bytes on every machine.
@@ -54,7 +54,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 DEFAULT_SEED = 13
 DEFAULT_SIZES = {"train": 600, "dev": 100, "test": 100}
 SPLITS = ("train", "dev", "test")
-DEFAULT_OUT = Path(__file__).resolve().parent / "resources" / "demo"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "slt_hydra" / "resources" / "demo"
 
 # Length limits every pair respects (inclusive): gloss tokens (``?`` counts) and English words.
 MIN_GLOSS_TOKENS, MAX_GLOSS_TOKENS = 3, 10
@@ -715,7 +715,9 @@ def _fits(source: str, target: str) -> bool:
     return MIN_GLOSS_TOKENS <= n_src <= MAX_GLOSS_TOKENS and MIN_ENGLISH_WORDS <= n_tgt <= MAX_ENGLISH_WORDS
 
 
-def generate(seed: int = DEFAULT_SEED, n_train: int = 600, n_dev: int = 100, n_test: int = 100) -> Dict[str, List[dict]]:
+def generate(
+    seed: int = DEFAULT_SEED, n_train: int = 600, n_dev: int = 100, n_test: int = 100
+) -> Dict[str, List[dict]]:
     """Return {"train": [...], "dev": [...], "test": [...]} of {"source", "target"} dicts.
 
     Templates are used in turn (round-robin), so every template is about equally
@@ -804,7 +806,7 @@ def write_corpus(out_dir, seed: int = DEFAULT_SEED, n_train: int = 600, n_dev: i
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m slt_hydra.demo_corpus",
+        prog="python -m tools.demo_corpus",
         description="Write the SYNTHETIC (template-generated) ASL-gloss -> English demo corpus.")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")

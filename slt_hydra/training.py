@@ -1,0 +1,138 @@
+"""The Trainer around the model: its arguments from the train and hardware groups, resuming, and one training
+pass measured (dev loss before and after, real tokens per second). Shared by every model kind (slt_hydra/kinds).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from slt_hydra import distributed, tracking
+from slt_hydra.metrics import perplexity
+
+log = logging.getLogger("slt_hydra")
+
+
+def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
+    """The Trainer arguments from the train and hardware groups, shared by TRL's SFTConfig (chat LLMs) and
+    Seq2SeqTrainingArguments (T5, NLLB). Everything precision-related is explicit: SFTConfig's own defaults
+    (bf16=True, gradient_checkpointing=True) are a trap on CPU (docs/benchmarks.md)."""
+    hw, train = cfg.hardware, cfg.train
+    on_cuda = hw.device == "cuda"
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        warmup_steps=train.warmup_steps,
+        lr_scheduler_type=train.lr_scheduler_type,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        per_device_train_batch_size=train.per_device_train_batch_size or hw.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps or hw.gradient_accumulation_steps,
+        per_device_eval_batch_size=hw.per_device_eval_batch_size,
+        train_sampling_strategy=train.train_sampling_strategy,
+        logging_steps=train.logging_steps,
+        eval_strategy=train.eval_strategy,
+        eval_steps=train.eval_steps,
+        save_strategy=train.save_strategy,
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=train.load_best_model_at_end,
+        metric_for_best_model="eval_loss" if train.load_best_model_at_end else None,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=on_cuda and hw.dtype == "bfloat16",
+        fp16=on_cuda and hw.dtype == "float16",
+        use_cpu=not on_cuda,
+        optim=hw.optim,
+        gradient_checkpointing=hw.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
+        report_to=["mlflow"],  # the Trainer's MLflow callback logs into our open run
+        run_name=None,
+        save_only_model=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **distributed.trainer_kwargs(cfg),  # several processes: gloo/nccl, FSDP or DeepSpeed (distributed.py)
+    )
+
+
+def sft_config(cfg: DictConfig, output_dir: Path):
+    """TRL's SFTConfig: the Trainer arguments plus the longest tokenized example."""
+    from trl import SFTConfig
+
+    return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir))
+
+
+def score_target_positions_only() -> None:
+    """Make TRL's fused LM-head loss score only the positions that carry a label (the translation) on CPU too.
+
+    TRL 1.16 does so on CUDA/XPU, but elsewhere it sends every position (prompt and padding included) through the
+    49k-word vocabulary and back, for a loss that ignores all but the target tokens; the reason it gives (tile
+    shapes recompiling on every batch, on Neuron) does not hold for eager CPU kernels, where it was a large share
+    of a training step (docs/benchmarks.md). The compact path is TRL's own: same loss, entropy and token
+    accuracy, computed on the target rows only. Its device test is looked up at call time in trl.trainer.utils;
+    without it (another TRL), nothing changes."""
+    import trl.trainer.utils as trl_utils
+
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "compact_on_cpu", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    compact.compact_on_cpu = True
+    trl_utils._use_triton = compact
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """With train.resume=auto, the newest checkpoint-N/ in output_dir, if the active run wrote it.
+
+    Claims output_dir for the active run either way, so a later resume knows whose checkpoints these are."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    mine = tracking.claim_output_dir(output_dir, active.info.run_id, cfg.mlflow.tracking_uri)
+    if cfg.train.resume != "auto":
+        return None
+    # The newest complete one: the Trainer writes trainer_state.json last, so a kill mid-save leaves none.
+    complete = [path for path in output_dir.glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    checkpoint = str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+    if checkpoint and not mine:
+        log.warning("train.resume=auto: %s is another run's checkpoint, not resumed; training from the start",
+                    checkpoint)
+        return None
+    if checkpoint is None:
+        log.info("train.resume=auto: no checkpoint-N/ in %s yet, training from the start", output_dir)
+    return checkpoint
+
+
+def train_and_measure(trainer, evaluate_dev: bool, checkpoint: str | None, done_before: dict, log_metrics) -> None:
+    """Dev loss before training (unless a resumed run has it), training (from checkpoint, if resuming), its
+    throughput in real tokens, and dev loss after."""
+    import mlflow
+
+    if evaluate_dev and "zeroshot_dev_loss" not in done_before:  # fresh LoRA adapters are a no-op: the base model
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"zeroshot_dev_loss": loss, "zeroshot_dev_perplexity": perplexity(loss)})
+    if checkpoint:
+        log.info("train.resume=auto: continuing from %s", checkpoint)
+        mlflow.set_tag("resumed_from", Path(checkpoint).name)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = result.metrics["train_runtime"]
+    tokens = trainer.state.num_input_tokens_seen
+    log_metrics({
+        "train_seconds": train_seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
+        "train_loss_final": result.training_loss,
+    })
+    if evaluate_dev:  # with load_best_model_at_end, this is the best checkpoint's
+        loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"dev_loss": loss, "dev_perplexity": perplexity(loss)})
