@@ -17,11 +17,14 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from slt_hydra import distributed  # noqa: E402
+from slt_hydra.config import command_line_problem  # noqa: E402
 from slt_hydra.errors import SetupError  # noqa: E402
+from slt_hydra.quiet import quiet_libraries  # noqa: E402
 from slt_hydra.run import run  # noqa: E402  (no torch at import: --help and config errors stay fast)
 from slt_hydra.schema import register_configs  # noqa: E402
 
 register_configs()
+quiet_libraries()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -52,7 +55,8 @@ def leave_now() -> None:
 
 
 if __name__ == "__main__":
-    if problem := distributed.run_dir_problem(sys.argv[1:]):
+    # Refused here, with exit code 2 like every other input problem, before Hydra sets up a run or a sweep.
+    if problem := distributed.run_dir_problem(sys.argv[1:]) or command_line_problem(sys.argv[1:]):
         print(f"slt_hydra: {problem}", file=sys.stderr)
         sys.exit(2)
     main()  # errors end in sys.exit inside: only a success gets past this line

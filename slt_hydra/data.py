@@ -33,9 +33,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from omegaconf.errors import MissingMandatoryValue
 
+from slt_hydra import machine
 from slt_hydra.errors import SetupError
+from slt_hydra.schema import DATASET_FORMATS
 
-FORMATS = ("jsonl", "csv", "tsv", "parallel", "hub")
+FORMATS = DATASET_FORMATS
 DIRECTIONS = ("gloss2text", "text2gloss")
 BAD_ROW_POLICIES = ("error", "drop")
 LEAK_POLICIES = ("error", "drop", "keep")
@@ -201,13 +203,13 @@ def _split_files(cfg: Any, root: Path, split: str, fmt: str) -> Tuple[Path, ...]
         path = root / _expand(name)  # an absolute name wins over root
         if not path.is_file():
             what = "is a directory, not a file" if path.exists() else "does not exist"
-            raise DataError(f"{path} {what} (split '{split}': {key}={name!r}, dataset.path={root}); "
-                            f"set {key}=FILE")
+            raise DataError(f"{path} {what} (split '{split}': {key}={name!r}, dataset.format={fmt}, "
+                            f"dataset.path={root}); set {key}=FILE")
         files.append(path)
     return tuple(files)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -225,7 +227,7 @@ def _read_text(path: Path) -> str:
         ) from exc
 
 
-def _lines(text: str) -> List[str]:
+def lines_of(text: str) -> List[str]:
     """Physical lines (only "\\n" ends a line, a trailing "\\r" is removed), no final empty line."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -252,7 +254,7 @@ _Row = Tuple[int, str, str, Optional[str]]
 
 
 def _jsonl_rows(path: Path, sf: str, tf: str) -> Iterator[_Row]:
-    for n, line in enumerate(_lines(_read_text(path)), start=1):
+    for n, line in enumerate(lines_of(read_text(path)), start=1):
         if not line.strip():
             continue
         try:
@@ -293,7 +295,7 @@ def _jsonl_rows(path: Path, sf: str, tf: str) -> Iterator[_Row]:
 
 
 def _csv_rows(path: Path, delimiter: str, sf: str, tf: str, source_hint: Optional[str] = None) -> Iterator[_Row]:
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
         while header == []:
@@ -342,7 +344,7 @@ def _csv_rows(path: Path, delimiter: str, sf: str, tf: str, source_hint: Optiona
 
 
 def _parallel_rows(src: Path, tgt: Path) -> Iterator[_Row]:
-    s_lines, t_lines = _lines(_read_text(src)), _lines(_read_text(tgt))
+    s_lines, t_lines = lines_of(read_text(src)), lines_of(read_text(tgt))
     if len(s_lines) != len(t_lines):
         raise DataError(
             f"parallel files differ in length: {src} has {len(s_lines)} lines, {tgt} has {len(t_lines)}; "
@@ -365,9 +367,7 @@ def _hub_offline_reason() -> Optional[str]:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in _OFF:
             return f"{var}={os.environ[var]} is set"
-    from slt_hydra.models import hub_is_reachable  # deferred: only format=hub needs it
-
-    if not hub_is_reachable(timeout=2.0):
+    if not machine.hub_is_reachable(timeout=2.0):
         return "huggingface.co:443 did not answer within 2 s"
     return None
 
@@ -572,7 +572,7 @@ def load_splits(cfg: Any, splits: Sequence[str] = ("train", "dev", "test")
     return data, counts
 
 
-def _langs(cfg: Any) -> Tuple[str, str]:
+def langs(cfg: Any) -> Tuple[str, str]:
     source_lang, target_lang = _get(cfg, "source_lang"), _get(cfg, "target_lang")
     if _get(cfg, "direction") == "text2gloss":
         return target_lang, source_lang
@@ -582,7 +582,7 @@ def _langs(cfg: Any) -> Tuple[str, str]:
 def build_messages(source: str, cfg: Any, shots: Sequence[Example] = ()) -> List[Dict[str, str]]:
     """The chat prompt for one source sentence: [system], then k demonstration turns
     (user: a shot's source, assistant: its target) for few-shot evaluation, then the user turn."""
-    source_lang, target_lang = _langs(cfg)
+    source_lang, target_lang = langs(cfg)
     template = _get(cfg, "prompt")
 
     def user_turn(text: str) -> Dict[str, str]:

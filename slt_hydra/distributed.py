@@ -26,16 +26,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from submitit import JobEnvironment
+from submitit.helpers import TorchDistributedEnvironment
 
+from slt_hydra.config import CONF_DIR
 from slt_hydra.errors import SetupError
+from slt_hydra.tracking import redact, use_store
 
 log = logging.getLogger("slt_hydra")
 
-STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 SHARDED = ("fsdp", "zero3")  # weights, gradients and optimizer state split across the processes
 RUN_ID_ENV = "SLT_HYDRA_RUN_ID"  # the launcher's MLflow run, for rank 0
-DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "conf" / "deepspeed"
+DEEPSPEED_DIR = CONF_DIR / "deepspeed"
 # FSDP2 through the Trainer: shard every decoder layer (the model's _no_split_modules), reshard after forward,
 # load the weights once on rank 0 and broadcast them, save one full (HF-compatible) state dict.
 FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -138,9 +142,6 @@ def launch(cfg: DictConfig) -> dict[str, float]:
 
     Returns the metrics rank 0 logged (the objective among them); raises WorkersFailed when a process failed."""
     import mlflow
-    from hydra.core.hydra_config import HydraConfig
-
-    from slt_hydra.tracking import redact
 
     hw = cfg.hardware
     if hw.num_nodes > 1:
@@ -185,8 +186,6 @@ def launcher_run(cfg: DictConfig) -> Iterator[None]:
     job's status (FINISHED, or FAILED with the first failing rank's reason)."""
     import mlflow
 
-    from slt_hydra.tracking import use_store
-
     use_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     mlflow.start_run(run_id=launcher_run_id())
     try:
@@ -202,8 +201,6 @@ def rank_errors(cfg: DictConfig) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        from slt_hydra.tracking import redact
-
         path = Path(cfg.output_dir) / f"rank{rank()}_error.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(redact(f"{type(error).__name__}: {error}\n\n" + "".join(traceback.format_exception(error))))
@@ -225,9 +222,6 @@ def adopt_submitit_tasks() -> None:
     torch.distributed rank, as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the job)."""
     if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
         return
-    from submitit import JobEnvironment
-    from submitit.helpers import TorchDistributedEnvironment
-
     if JobEnvironment().num_tasks > 1:
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # each rank picks cuda:LOCAL_RANK
 

@@ -38,8 +38,21 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})  # /proc/cpuinfo flags of native bf16 arithmetic
+
+
 def has_native_bf16(flags: set[str]) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def ram_gb() -> float:

@@ -81,13 +81,15 @@ def score_corpus(
     references: List[str],
     tokenize: str = "13a",
     lowercase: bool = False,
+    tokenized: bool = False,
 ) -> Dict[str, Union[float, str]]:
     """Score a system output against one reference per sentence.
 
     Returns floats ``bleu1``..``bleu4`` (corpus BLEU with cumulative n-gram orders
     1..4, brevity penalty included), ``rougeL`` (ROUGE-L F1 x100, mean over
     sentences), ``chrf`` (corpus chrF), and the strings ``bleu_signature`` (of
-    BLEU-4) and ``chrf_signature``.
+    BLEU-4) and ``chrf_signature``. ``tokenized``: the corpus comes tokenized (punctuation spaced off), so
+    sacrebleu's "forgot to detokenize" warning, which looks for exactly that, is not printed.
     """
     _check_inputs(hypotheses, references)
     if tokenize not in BLEU.TOKENIZERS:
@@ -98,7 +100,7 @@ def score_corpus(
     result: Dict[str, Union[float, str]] = {}
     bleu4 = None
     for n in range(1, 5):
-        bleu = BLEU(max_ngram_order=n, tokenize=tokenize, lowercase=lowercase)
+        bleu = BLEU(max_ngram_order=n, tokenize=tokenize, lowercase=lowercase, force=tokenized)
         result[f"bleu{n}"] = float(bleu.corpus_score(hyps, refs).score)
         bleu4 = bleu
 

@@ -52,7 +52,8 @@ def format_plan(cfg: DictConfig, plan: Plan, machine: Machine | None = None) -> 
                  + (f", published {published}B" if published is not None else ""))
     adapter = (f"LoRA r{lora.r}/alpha{lora.alpha} on {plain(lora.target_modules)}" if lora.enabled
                else "full fine-tuning")
-    lines.append(f"quant={cfg.quant.name} ({plan.weights} weights), hardware={hw.name} ({hw.device}, {hw.dtype}), "
+    lines.append(f"quant={cfg.quant.name} ({plan.weights} weights), hardware={hw.name} ({hw.device}, {hw.dtype}"
+                 f"{', precision ' + hw.precision if hw.device == 'cpu' and 'precision' in hw else ''}), "
                  f"{adapter}, batch {train_batch} x {cfg.train.max_length} tokens (x{accumulation} accumulation), "
                  f"eval batch {eval_batch}, gradient checkpointing {'on' if hw.gradient_checkpointing else 'off'}, "
                  f"optim {hw.optim}" + (", evaluation only" if cfg.eval.get("only") else ""))
@@ -137,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = None
     if cfg.hardware.name == "auto" or not cfg.hardware.memory_gb or cfg.quant.name == "auto":
         machine = light_machine()
-    resolve_hardware(cfg, machine, overrides=args)
+    precision = resolve_hardware(cfg, machine, overrides=args)
+    if precision is not None:
+        print(f"hardware.precision=auto -> {precision.precision}: {precision.reason}"
+              + (" (cached)" if precision.cached else ""))
     chosen = resolve_auto_quant(cfg, machine)
     plan = plan_memory(cfg, machine)
     if chosen:

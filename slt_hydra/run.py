@@ -27,7 +27,9 @@ from slt_hydra.machine import Machine, detect_machine, peak_memory_gb, reset_pea
 from slt_hydra.memory import estimate_memory_gb, resolve_auto_quant
 from slt_hydra.metrics import SCORES, score_corpus
 from slt_hydra.models import ModelSource, locate_model
-from slt_hydra.training import resume_checkpoint, train_and_measure
+from slt_hydra.precision import PrecisionChoice
+from slt_hydra.quiet import note_cpu_4bit_kernels
+from slt_hydra.training import resume_checkpoint, train_and_measure, truncation_counts
 
 log = logging.getLogger("slt_hydra")
 
@@ -38,24 +40,27 @@ class Prepared:
     splits: dict[str, list[Example]]
     data_counts: dict[str, int]
     source: ModelSource
+    precision: PrecisionChoice | None = None  # hardware.precision=auto: what was measured and chosen
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     """All checks that need no model: raise one SetupError listing every problem found."""
     machine = detect_machine()
-    resolve_hardware(cfg, machine)
+    precision = resolve_hardware(cfg, machine)
     resolve_auto_quant(cfg, machine)  # quant=auto -> the highest precision whose memory plan fits
     problems = validate.check(cfg, machine)
     if problems:
         raise SetupError("this experiment cannot run as configured:\n  - " + "\n  - ".join(problems))
     splits, counts = load_splits(cfg.dataset)
+    if problems := validate.data_problems(cfg, splits):
+        raise SetupError("this experiment cannot run on this corpus as configured:\n  - " + "\n  - ".join(problems))
     if cfg.eval.adapter and not (Path(cfg.eval.adapter).expanduser() / "adapter_config.json").is_file():
         raise SetupError(f"eval.adapter={cfg.eval.adapter} is not a LoRA adapter directory (no adapter_config.json):"
                          " point it at a run's adapter/ folder, e.g. outputs/DATE/TIME_MODEL_QUANT/adapter.")
     source = locate_model(cfg.model, cfg.cache_dir)
     if source.local:  # nothing below needs the Hub: make sure nothing tries
         os.environ["HF_HUB_OFFLINE"] = "1"
-    return Prepared(machine, splits, counts, source)
+    return Prepared(machine, splits, counts, source, precision)
 
 
 def objective_value(cfg: DictConfig, metrics: dict) -> float | list[float] | None:
@@ -148,6 +153,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         "git_commit": tracking.git_commit() or "unknown",
     })
     mlflow.log_metrics({f"data_{key}": value for key, value in prepared.data_counts.items()})
+    if cfg.hardware.device == "cpu":
+        mlflow.set_tag("cpu_precision", cfg.hardware.precision)
+    if prepared.precision is not None:  # hardware.precision=auto: the choice, its reason and the rates behind it
+        mlflow.set_tag("cpu_precision_reason", prepared.precision.reason)
+        mlflow.log_metrics({f"calibration_gflops_{name}": rate for name, rate in prepared.precision.gflops.items()})
+        log.info("hardware.precision=auto -> %s: %s%s", prepared.precision.precision, prepared.precision.reason,
+                 " (cached)" if prepared.precision.cached else "")
     estimate = estimate_memory_gb(cfg)
     if estimate is not None:
         mlflow.log_metric("memory_estimate_gb", estimate)
@@ -157,6 +169,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         else None
 
     # Model.
+    note_cpu_4bit_kernels(cfg.quant.load_in_4bit, cfg.hardware.device, prepared.machine.cpu_bf16)
     t = time.perf_counter()
     model, tokenizer = kind.load(cfg, prepared.source)
     mlflow.log_metric("model_load_seconds", time.perf_counter() - t)
@@ -179,7 +192,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         hypotheses = kind.translate(cfg, generator, tokenizer, [e.source for e in examples], batch_size, shots_for)
         seconds = time.perf_counter() - t0
         scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
-                              lowercase=cfg.dataset.lowercase)
+                              lowercase=cfg.dataset.lowercase, tokenized=cfg.dataset.tokenized)
         log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
         log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})
         mlflow.set_tag("bleu_signature", scores["bleu_signature"])
@@ -234,6 +247,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     trainer = kind.trainer(cfg, model, tokenizer, splits, args or kind.training_arguments(cfg, output_dir),
                            evaluate_dev, callbacks)
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
+    log_metrics(truncation_counts(trainer, len(splits["train"]), cfg.train.max_length))
     train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
 
     # The adapter (or the full model, without LoRA) and its tokenizer. Saved before translating: in several

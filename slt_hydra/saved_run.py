@@ -20,6 +20,7 @@ from slt_hydra.errors import CliError
 from slt_hydra.kinds import kind_for
 from slt_hydra.machine import detect_machine
 from slt_hydra.models import locate_model
+from slt_hydra.quiet import quiet_libraries
 from slt_hydra.tracking import default_tracking_uri
 
 CONFIG_GROUPS = ("model", "quant", "hardware", "dataset", "generate", "lora", "cache_dir")
@@ -202,6 +203,7 @@ def fit_hardware(run: AdapterRun) -> None:
 def quiet_loading() -> None:
     """No per-tensor 'Loading weights' bars (ours is the one that matters), no v6 deprecation chatter."""
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6")
+    quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 

@@ -1,22 +1,26 @@
 """Typed schema of every config group.
 
-The YAML files under ``conf/`` extend these dataclasses (each group's YAML names its
-schema in its defaults list), so a misspelt key or a wrong type fails at composition
-with Hydra's own message. Rules that involve more than one group live in
+``conf/config.yaml`` extends these dataclasses, so a misspelt key or a wrong type fails at composition with
+Hydra's own message. A default here is what an option file that leaves the key out gets; where a group's default
+option sets a key too, the two agree (tests/test_configs.py checks it).
+
+The types say what a key holds; ``ALLOWED`` (at the end) says which values of it make sense: a range or a set of
+choices for every numeric or enumerated setting, checked by ``out_of_range`` before anything is loaded
+(tests/test_knobs.py fails on a setting without one). Rules that involve more than one group live in
 ``validate.py``, not here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
 class ArchConfig:
-    """Architecture numbers from the model's config.json: the planner (``slt_hydra/plan.py``) counts
+    """Architecture numbers from the model's config.json: the planner (``slt_hydra/memory.py``) counts
     parameters, LoRA sizes and activations from them, with no download."""
 
     num_layers: int = MISSING  # num_hidden_layers
@@ -70,7 +74,7 @@ class ModelConfig:
     arch: Optional[ArchConfig] = None  # config.json numbers for the memory planner; null = coarse estimate
     architecture: str = "causal_lm"  # causal_lm (SFTTrainer, chat prompts) | seq2seq (T5, NLLB: Seq2SeqTrainer)
     source_prefix: Optional[str] = None  # seq2seq: text put before each source ({source_lang}, {target_lang} filled in)
-    src_lang: Optional[str] = None  # seq2seq with language codes (NLLB): source code; null = tgt_lang (seq2seq.py)
+    src_lang: Optional[str] = None  # seq2seq with language codes (NLLB): source code; null = tgt_lang
     tgt_lang: Optional[str] = None  # seq2seq with language codes (NLLB): target code; null = from dataset.target_lang
     recommended: Optional[RecommendedConfig] = None  # the guides' LoRA rank/alpha/targets and learning rate
 
@@ -102,6 +106,7 @@ class HardwareConfig:
     name: str = MISSING  # cpu | gpu_16gb | ... | auto (resolved at run time)
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "float32"  # compute dtype for weights and activations
+    precision: str = "float32"  # CPU: float32 | bf16_autocast | bfloat16 | auto (measured; slt_hydra/precision.py)
     memory_gb: Optional[float] = None  # memory budget; null = detect (RAM on cpu, device memory on cuda)
     optim: str = "adamw_torch"  # Trainer optimizer name (paged_adamw_8bit needs CUDA)
     gradient_checkpointing: bool = False  # trade ~30% compute for much less activation memory
@@ -136,6 +141,7 @@ class DatasetConfig:
     prompt: str = "Translate from {source_lang} to {target_lang}:\n{source}"
     tokenize: str = "13a"  # sacrebleu tokenizer for scoring: 13a | zh | intl | none | ...
     lowercase: bool = False  # lowercase hypotheses and references before scoring
+    tokenized: bool = False  # the corpus comes tokenized ("word ."): sacreBLEU's detokenize warning is off
     hub_id: Optional[str] = None  # format=hub: Hugging Face Hub dataset id (OWNER/NAME); downloaded only when online
     hub_config: Optional[str] = None  # format=hub: the subset (load_dataset's second argument); null = the default
     hub_revision: Optional[str] = None  # format=hub: commit, tag or branch; null = the main branch
@@ -145,15 +151,15 @@ class DatasetConfig:
 class TrainConfig:
     num_train_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2e-4
-    warmup_steps: int = 0
+    learning_rate: float = 1e-3  # LoRA on small models wants a high rate (the guides: ~2e-4 for 7B)
+    warmup_steps: int = 5
     lr_scheduler_type: str = "linear"  # linear | cosine | constant | constant_with_warmup | ...
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = 256  # tokens per example (prompt + completion); longer ones are truncated
     gradient_accumulation_steps: Optional[int] = None  # null = the hardware profile's
     per_device_train_batch_size: Optional[int] = None  # null = the hardware profile's
-    train_sampling_strategy: str = "random"  # random | group_by_length (similar lengths together: less padding)
+    train_sampling_strategy: str = "group_by_length"  # random | group_by_length (similar lengths: less padding)
     logging_steps: int = 5
     eval_strategy: str = "epoch"  # no | steps | epoch: when dev loss is computed
     eval_steps: Optional[int] = None
@@ -175,7 +181,7 @@ class GenerateConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    batch_size: Optional[int] = None  # null = the hardware profile's eval batch size
+    batch_size: Optional[int] = None  # per generate(); null = hardware.generate_batch_size, else its eval batch
 
 
 @dataclass
@@ -224,8 +230,184 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="slt_schema", node=SltConfig)
 
 
-def translation_batch_size(cfg) -> int:
-    """Sentences per generate() call: generate.batch_size, else the hardware profile's generate_batch_size, else
-    its per_device_eval_batch_size (run configs saved before generate_batch_size existed lack it)."""
-    return int(cfg.generate.get("batch_size") or cfg.hardware.get("generate_batch_size")
-               or cfg.hardware.per_device_eval_batch_size)
+# --------------------------------------------------------------------------- the values each setting may take
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values one setting may take: a number in a range, or one of a set of choices; null where ``null``."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # low itself is not allowed (learning_rate > 0)
+    high_open: bool = False  # high itself is not allowed (dropout < 1)
+    integer: bool = False
+    choices: tuple = ()
+    also: tuple = ()  # values outside the range that mean something (train.max_steps=-1: train by epochs)
+    null: bool = False  # null is allowed (it means "the default", "none" or "all": see the key's comment)
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.null
+        if value in self.also:
+            return True
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        else:
+            kind = "an integer" if self.integer else "a number"
+            bounds = []
+            if self.low is not None:
+                bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            if self.high is not None:
+                bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            text = f"{kind} {' and '.join(bounds)}".strip()
+        extras = [str(v) for v in self.also] + (["null"] if self.null else [])
+        return text + (f" (or {', '.join(extras)})" if extras else "")
+
+
+def at_least(low: float, **kw: Any) -> Allowed:
+    return Allowed(low=low, integer=True, **kw)
+
+
+def above(low: float, **kw: Any) -> Allowed:
+    return Allowed(low=low, low_open=True, **kw)
+
+
+def one_of(*choices: Any, null: bool = False) -> Allowed:
+    return Allowed(choices=choices, null=null)
+
+
+# transformers' names (its SchedulerType and OptimizerNames, and TrainingArguments' sampler choices), written out
+# because transformers imports torch; tests/test_knobs.py checks them against the installed transformers.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+              "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+              "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+              "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+              "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
+              "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise",
+              "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw", "schedule_free_radam",
+              "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw")
+TRAIN_SAMPLERS = ("random", "sequential", "group_by_length", "batch_rebalance")
+BLEU_TOKENIZERS = ("none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200",
+                   "spBLEU-1K")  # sacrebleu's
+DATASET_FORMATS = ("jsonl", "csv", "tsv", "parallel", "hub")
+DTYPES = ("float32", "float16", "bfloat16")
+CPU_PRECISIONS = ("float32", "bf16_autocast", "bfloat16")  # slt_hydra/precision.py, safest first
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+SPLITS = ("train", "dev", "test")
+
+ARCH_COUNTS = ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size",
+               "norms_per_layer")
+ARCH_OPTIONAL_COUNTS = ("num_key_value_heads", "head_dim", "max_position_embeddings", "num_experts",
+                        "experts_per_token", "decoder_layers", "relative_attention_buckets")
+
+ALLOWED: Dict[str, Allowed] = {
+    # model
+    "model.params_b": above(0, null=True),
+    "model.template_family": one_of("chatml", "llama3", "llama2", "mistral", "gemma", "phi3", "none", null=True),
+    "model.architecture": one_of("causal_lm", "seq2seq"),
+    **{f"model.arch.{key}": at_least(1) for key in ARCH_COUNTS},
+    **{f"model.arch.{key}": at_least(1, null=True) for key in ARCH_OPTIONAL_COUNTS},
+    "model.arch.mlp": one_of("gated", "plain"),
+    "model.arch.norm": one_of("rmsnorm", "layernorm"),
+    "model.recommended.lora_r": at_least(1),
+    "model.recommended.lora_alpha": above(0),
+    "model.recommended.learning_rate": above(0),
+    # quant
+    "quant.weights_dtype": one_of(*DTYPES, null=True),
+    "quant.bnb_4bit_quant_type": one_of("nf4", "fp4"),
+    # lora
+    "lora.r": at_least(1),
+    "lora.alpha": above(0),
+    "lora.dropout": Allowed(low=0, high=1, high_open=True),
+    "lora.bias": one_of("none", "all", "lora_only"),
+    # hardware
+    "hardware.device": one_of("cpu", "cuda", "auto"),
+    "hardware.dtype": one_of(*DTYPES),
+    "hardware.precision": one_of("auto", *CPU_PRECISIONS),
+    "hardware.memory_gb": above(0, null=True),
+    "hardware.optim": one_of(*OPTIMIZERS),
+    "hardware.per_device_train_batch_size": at_least(1),
+    "hardware.gradient_accumulation_steps": at_least(1),
+    "hardware.per_device_eval_batch_size": at_least(1),
+    "hardware.generate_batch_size": at_least(1, null=True),
+    "hardware.torch_threads": at_least(1, null=True),
+    "hardware.num_processes": at_least(1),
+    "hardware.num_nodes": at_least(1),
+    "hardware.strategy": one_of(*STRATEGIES),
+    # dataset
+    "dataset.format": one_of(*DATASET_FORMATS),
+    "dataset.direction": one_of("gloss2text", "text2gloss"),
+    "dataset.on_bad_rows": one_of("error", "drop"),
+    "dataset.on_leak": one_of("error", "drop", "keep", null=True),
+    "dataset.max_train_samples": at_least(1, null=True),
+    "dataset.max_eval_samples": at_least(1, null=True),
+    "dataset.tokenize": one_of(*BLEU_TOKENIZERS),
+    # train
+    "train.num_train_epochs": Allowed(low=0),  # 0 with max_steps > 0 (validate: something must be trained)
+    "train.max_steps": at_least(1, also=(-1,)),
+    "train.learning_rate": above(0),
+    "train.warmup_steps": at_least(0),
+    "train.lr_scheduler_type": one_of(*LR_SCHEDULERS),
+    "train.weight_decay": Allowed(low=0),
+    "train.max_grad_norm": Allowed(low=0),  # 0: no clipping
+    "train.max_length": at_least(2),  # a prompt token and a target token, at the very least
+    "train.gradient_accumulation_steps": at_least(1, null=True),
+    "train.per_device_train_batch_size": at_least(1, null=True),
+    "train.train_sampling_strategy": one_of(*TRAIN_SAMPLERS),
+    "train.logging_steps": at_least(1),
+    "train.eval_strategy": one_of("no", "steps", "epoch"),
+    "train.eval_steps": at_least(1, null=True),
+    "train.save_strategy": one_of("no", "steps", "epoch"),
+    "train.save_steps": at_least(1, null=True),
+    "train.save_total_limit": at_least(1, null=True),  # null: keep every checkpoint
+    "train.early_stopping_patience": at_least(1, null=True),
+    "train.seed": at_least(0),
+    "train.resume": one_of("no", "auto"),
+    # generate
+    "generate.max_new_tokens": at_least(1),
+    "generate.num_beams": at_least(1),
+    "generate.temperature": Allowed(low=0),  # > 0 with do_sample=true: validate.py
+    "generate.top_p": Allowed(low=0, high=1, low_open=True),
+    "generate.repetition_penalty": above(0),
+    "generate.batch_size": at_least(1, null=True),
+    # eval (eval.objective: validate.py, it depends on eval.splits)
+    "eval.splits": one_of(*SPLITS),  # each entry
+    "eval.shots": at_least(0),
+    "eval.shot_selection": one_of("random", "similar"),
+}
+
+
+def _values(cfg: DictConfig, key: str) -> Iterator[Any]:
+    """The value at key, or each entry when it holds a list (eval.splits); nothing when the key is absent."""
+    value = OmegaConf.select(cfg, key, default=MISSING, throw_on_missing=False)
+    if value is MISSING:
+        return
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        yield from value
+    else:
+        yield value
+
+
+def out_of_range(cfg: DictConfig) -> List[str]:
+    """One line per setting whose value is outside what ALLOWED says, naming the setting and the allowed values."""
+    problems = []
+    for key, allowed in ALLOWED.items():
+        for value in _values(cfg, key):
+            if not allowed.admits(value):
+                problems.append(f"{key}={value!r} is not allowed: use {allowed.describe()}.")
+    return problems

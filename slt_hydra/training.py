@@ -43,11 +43,12 @@ def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
         metric_for_best_model="eval_loss" if train.load_best_model_at_end else None,
         seed=train.seed,
         data_seed=train.seed,
-        bf16=on_cuda and hw.dtype == "bfloat16",
+        # CPU: bf16 autocast where hardware.precision chose it (slt_hydra/precision.py); CUDA: with bf16 weights
+        bf16=hw.dtype == "bfloat16" if on_cuda else hw.get("precision") in ("bf16_autocast", "bfloat16"),
         fp16=on_cuda and hw.dtype == "float16",
         use_cpu=not on_cuda,
         optim=hw.optim,
-        gradient_checkpointing=hw.gradient_checkpointing,
+        activation_checkpointing=hw.gradient_checkpointing,  # (its old name, gradient_checkpointing, is deprecated)
         include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
         report_to=["mlflow"],  # the Trainer's MLflow callback logs into our open run
         run_name=None,
@@ -111,6 +112,21 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     if checkpoint is None:
         log.info("train.resume=auto: no checkpoint-N/ in %s yet, training from the start", output_dir)
     return checkpoint
+
+
+def truncation_counts(trainer, n_examples: int, max_length: int) -> dict[str, int]:
+    """Train examples cut at train.max_length, and those the cut left without a target token (the trainer drops
+    them: they carry no loss), counted after the trainer tokenized the split."""
+    dataset = trainer.train_dataset
+    if dataset is None or "input_ids" not in (dataset.column_names or ()):
+        return {}
+    at_limit = sum(1 for ids in dataset["input_ids"] if len(ids) >= max_length)
+    counts = {"train_truncated": at_limit, "train_dropped_no_target": n_examples - len(dataset)}
+    if any(counts.values()):
+        log.warning("train.max_length=%d: %d of %d train examples were cut at it and %d left without a target "
+                    "token (dropped); raise train.max_length to keep them whole", max_length, at_limit, n_examples,
+                    counts["train_dropped_no_target"])
+    return counts
 
 
 def train_and_measure(trainer, evaluate_dev: bool, checkpoint: str | None, done_before: dict, log_metrics) -> None:

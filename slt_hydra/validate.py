@@ -8,50 +8,21 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from slt_hydra import plan as planner
-from slt_hydra.distributed import SHARDED, STRATEGIES
-from slt_hydra.machine import Machine
-from slt_hydra.plan import weights_kind  # noqa: F401  (re-exported: 4bit | 8bit | float32 | float16 | bfloat16)
+from slt_hydra import memory
+from slt_hydra.config import weights_kind
+from slt_hydra.distributed import SHARDED, processes
+from slt_hydra.machine import Machine, cpu_flags, has_native_bf16
+from slt_hydra.metrics import SCORES
+from slt_hydra.models import LANG_CODES, language_codes
+from slt_hydra.schema import out_of_range
 from slt_hydra.tracking import SECRET_KEY
 
 log = logging.getLogger("slt_hydra")
-
-SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "chrf")
-
-# Bytes per weight, coarse: NF4 + double-quantized block scales, int8 + scales, 16-bit, 32-bit.
-WEIGHT_BYTES = {"4bit": 0.56, "8bit": 1.06, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
-
-
-def estimate_memory_gb(cfg: DictConfig) -> float | None:
-    """Training memory in GB (2**30 bytes): the memory planner's peak (``slt_hydra/plan.py``: weights at their
-    precision, adapter, gradients, optimizer state, activations for batch x train.max_length, runtime) when the
-    model has ``arch`` numbers; else a coarse estimate from the parameter count, below. None when the size is unknown.
-
-    Coarse: LoRA adapters are taken as ~1% of the weights per 16 of rank; full fine-tuning keeps fp32 master
-    weights, gradients and two Adam moments (16 bytes/param). Activations for short gloss sentences are
-    covered by the 20% + 1 GB margin.
-    """
-    if cfg.model.get("arch"):
-        return planner.plan_memory(cfg).total_gb
-    if cfg.model.params_b is None:
-        return None
-    params = float(cfg.model.params_b) * 1e9
-    weights = params * WEIGHT_BYTES[weights_kind(cfg)]
-    if cfg.eval.only:  # no gradients, no optimizer state
-        trainable = 0.0
-    elif cfg.lora.enabled:
-        spread = 2.5 if cfg.lora.target_modules == "all-linear" else len(cfg.lora.target_modules) / 4
-        trainable = params * 0.01 * (cfg.lora.r / 16) * spread
-    else:
-        trainable = params
-    optimizer_bytes = 10.0 if "8bit" in cfg.hardware.optim else 16.0
-    total = weights + trainable * optimizer_bytes
-    return total * 1.2 / 2**30 + 1.0
-
 
 def _secret_keys(node: Any, prefix: str = "") -> Iterator[str]:
     if isinstance(node, dict):
@@ -75,6 +46,10 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
             f"`{key}` looks like a secret in the config: remove it and export it instead (HF_TOKEN=... in the "
             "environment); configs and overrides are saved to disk and logged to MLflow."
         )
+    # Each setting on its own (schema.ALLOWED): the rules below assume these hold.
+    problems += out_of_range(cfg)
+    if problems:
+        return problems
 
     # Hardware.
     if hw.device == "cuda" and not machine.cuda:
@@ -85,12 +60,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
         problems.append(f"hardware.optim={hw.optim} needs CUDA: use hardware.optim=adamw_torch on CPU.")
 
     # Several processes (slt_hydra/distributed.py): what each strategy can shard, and where it runs.
-    if hw.num_processes < 1 or hw.num_nodes < 1:
-        problems.append(f"hardware.num_processes={hw.num_processes} and hardware.num_nodes={hw.num_nodes} "
-                        "must be >= 1.")
-    if hw.strategy not in STRATEGIES:
-        problems.append(f"hardware.strategy={hw.strategy}: use ddp, fsdp, zero2 or zero3.")
-    elif hw.strategy != "ddp":
+    if hw.strategy != "ddp":
         if on_cpu:
             problems.append(f"hardware.strategy={hw.strategy} needs CUDA GPUs: on CPU only ddp runs "
                             "(hardware=cpu_ddp2).")
@@ -119,7 +89,8 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
             if on_cpu and not machine.cpu_bf16:
                 problems.append(
                     f"{what}=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): every op would be emulated, "
-                    "~15x slower than fp32. Use quant=none (fp32) on this CPU, or a GPU profile (hardware=gpu_24gb)."
+                    "many times slower than fp32. Use quant=none (fp32) on this CPU, "
+                    "or a GPU profile (hardware=gpu_24gb)."
                 )
                 break
             if hw.device == "cuda" and machine.cuda and not machine.gpu_bf16:
@@ -153,16 +124,9 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     if not cfg.eval.only and (cfg.eval.shots or cfg.eval.adapter):
         problems.append("eval.shots / eval.adapter apply to evaluation-only runs: add eval.only=true "
                         "(fine-tuned runs translate with the zero-shot prompt they were trained on).")
-    if cfg.eval.shot_selection not in ("random", "similar"):
-        problems.append(f"eval.shot_selection={cfg.eval.shot_selection}: use random or similar.")
-    if cfg.eval.shots < 0:
-        problems.append(f"eval.shots={cfg.eval.shots} must be >= 0.")
 
-    # Sequence-to-sequence models (T5, NLLB: slt_hydra/seq2seq.py): no chat prompt, so no k-shot turns.
-    architecture = cfg.model.get("architecture", "causal_lm")
-    if architecture not in ("causal_lm", "seq2seq"):
-        problems.append(f"model.architecture={architecture}: use causal_lm (decoder-only LLMs) or seq2seq (T5, NLLB).")
-    elif architecture == "seq2seq":
+    # Sequence-to-sequence models (T5, NLLB: slt_hydra/kinds/seq2seq.py): no chat prompt, so no k-shot turns.
+    if cfg.model.get("architecture", "causal_lm") == "seq2seq":
         problems += _seq2seq_problems(cfg)
 
     # Training schedule.
@@ -178,10 +142,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     for kind in ("eval", "save"):
         if train[f"{kind}_strategy"] == "steps" and not train[f"{kind}_steps"]:
             problems.append(f"train.{kind}_strategy=steps needs train.{kind}_steps=N.")
-    if train.resume not in ("no", "auto"):
-        problems.append(f"train.resume={train.resume}: use auto (continue from this output dir's newest "
-                        "checkpoint and MLflow run) or no.")
-    elif training and train.resume == "auto" and train.save_strategy == "no":
+    if training and train.resume == "auto" and train.save_strategy == "no":
         problems.append("train.resume=auto needs checkpoints to resume from: set train.save_strategy=steps "
                         "train.save_steps=N (or epoch).")
     if training and train.num_train_epochs <= 0 and train.max_steps <= 0:
@@ -191,8 +152,6 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     gen = cfg.generate
     if gen.do_sample and gen.temperature <= 0:
         problems.append("generate.do_sample=true needs generate.temperature > 0 (or use generate=greedy).")
-    if not 0 < gen.top_p <= 1:
-        problems.append(f"generate.top_p={gen.top_p} must be in (0, 1].")
 
     # What the sweepers optimize must be something the run computes.
     computed = {f"{split}_{score}" for split in cfg.eval.splits for score in SCORES}
@@ -212,13 +171,13 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     # what the run holds before its first token (weights, adapter, gradients, optimizer state, runtime) exceeds
     # the budget less 10% headroom; only warned when the peak with every sequence at train.max_length (the
     # planner's worst case: batches are padded to their longest example) does. Without, the coarse estimate.
-    have = planner.budget_gb(cfg, machine)  # per GPU; on CPU the RAM shared out between the processes
+    have = memory.budget_gb(cfg, machine)  # per GPU; on CPU the RAM shared out between the processes
     if have and cfg.model.get("arch"):
-        plan = planner.plan_memory(cfg, machine)  # the machine only changes the verdict, not the totals
+        plan = memory.plan_memory(cfg, machine)  # the machine only changes the verdict, not the totals
         need = plan.total_gb
-        usable = have * (1 - planner.HEADROOM)
+        usable = have * (1 - memory.HEADROOM)
         if plan.floor_gb > usable or need > usable:
-            fitting = [(change, total) for change, total, fits in planner.suggestions(cfg, plan, machine) if fits]
+            fitting = [(change, total) for change, total, fits in memory.suggestions(cfg, plan, machine) if fits]
             fix = (f" The memory planner's first change that fits: {fitting[0][0]} (about {fitting[0][1]:.1f} GB)."
                    if fitting else "")
             fix += " Breakdown and other options: `python -m slt_hydra.plan` with the same overrides."
@@ -236,7 +195,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
                     "at %.1f GB, and hardware=%s has %.1f GB usable. Short sentences need much less (batches are "
                     "padded to their longest example).%s", cfg.model.name, cfg.train.max_length, need, hw.name,
                     usable, fix)
-    elif have and (need := estimate_memory_gb(cfg)) is not None and need > have:
+    elif have and (need := memory.estimate_memory_gb(cfg)) is not None and need > have:
         problems.append(
             f"model={cfg.model.name} ({cfg.model.params_b}B) with {weights} weights needs about {need:.1f} GB to "
             f"fine-tune, and hardware={hw.name} has {have:.1f} GB. Lower the precision (quant=8bit or quant=4bit), "
@@ -250,8 +209,6 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
 
 def _seq2seq_problems(cfg: DictConfig) -> list[str]:
     """model.architecture=seq2seq: what the encoder-decoder path cannot do, or needs."""
-    from slt_hydra.seq2seq import LANG_CODES, language_codes
-
     problems = []
     if cfg.eval.shots:
         problems.append(f"eval.shots={cfg.eval.shots} with model.architecture=seq2seq: k-shot prompts are chat turns "
@@ -268,6 +225,53 @@ def _seq2seq_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def remarks(cfg: DictConfig) -> list[str]:
+    """Remarks on the combination that do not stop a run and are not about memory (memory.plan_notes are)."""
+    out = []
+    model = cfg.model
+    if model.get("reasoning"):
+        out.append(f"model={model.name} is a reasoning model: it writes long step-by-step thinking before its answer "
+                   "and is not meant for translation (slow generation, answers buried in reasoning; max_new_tokens "
+                   "cuts them). Prefer an instruct model of the same size (e.g. model=qwen2.5_32b).")
+    if model.get("chat_template") is False and model.get("architecture", "causal_lm") != "seq2seq":
+        out.append(f"model={model.name}: its tokenizer ships no chat template; the run's chat-format prompts need one.")
+    if (cfg.hardware.device == "cpu" and cfg.hardware.get("precision") == "bf16_autocast"
+            and not has_native_bf16(cpu_flags())):
+        out.append("hardware.precision=bf16_autocast on a CPU without AVX512-BF16/AMX: every bf16 matmul is "
+                   "emulated, expect training many times slower than fp32 (hardware.precision=auto picks fp32 here).")
+    strategy = cfg.hardware.get("strategy", "ddp")
+    if processes(cfg.hardware) > 1 and strategy in SHARDED and cfg.eval.get("zero_shot") and not cfg.eval.get("only"):
+        out.append(f"hardware.strategy={strategy}: no process holds the whole model, so the zero-shot translation "
+                   "before training is skipped; after training every GPU translates in step and rank 0 scores.")
+    return out
+
+
 def warnings(cfg: DictConfig) -> list[str]:
-    """Remarks that do not stop a run (a reasoning model, LoRA targets that match nothing, ...)."""
-    return planner.notes(cfg)
+    """Everything worth knowing that does not stop a run: the remarks, and what the memory plan cannot count."""
+    return memory.plan_notes(cfg) + remarks(cfg)
+
+
+def optimizer_steps(cfg: DictConfig, n_train: int) -> int:
+    """How many optimizer steps training takes: train.max_steps, else the epochs over n_train examples."""
+    if cfg.train.max_steps > 0:
+        return int(cfg.train.max_steps)
+    hw, train = cfg.hardware, cfg.train
+    batch = (train.per_device_train_batch_size or hw.per_device_train_batch_size) * processes(hw)
+    accumulation = train.gradient_accumulation_steps or hw.gradient_accumulation_steps
+    return math.ceil(math.ceil(n_train / batch) / accumulation * train.num_train_epochs)
+
+
+def data_problems(cfg: DictConfig, splits: dict) -> list[str]:
+    """The rules that need the corpus read: what the settings ask of the train split."""
+    problems = []
+    n_train = len(splits.get("train", ()))
+    if cfg.eval.only:
+        if cfg.eval.shots > n_train:
+            problems.append(f"eval.shots={cfg.eval.shots} asks for more demonstrations than the train split has "
+                            f"({n_train} pairs): use eval.shots <= {n_train}.")
+        return problems
+    steps = optimizer_steps(cfg, n_train)
+    if cfg.train.warmup_steps > steps:
+        problems.append(f"train.warmup_steps={cfg.train.warmup_steps} is longer than the run ({steps} optimizer steps "
+                        f"for {n_train} train pairs): use train.warmup_steps <= {steps}, or train longer.")
+    return problems

@@ -94,7 +94,8 @@ def tiny_args(model_dir: Path, *extra: str) -> list[str]:
     """Overrides for a seconds-long run of the whole pipeline on the tiny model."""
     return [
         "model=local", f"model.path={model_dir}", "model.params_b=0.0035",
-        "train.max_steps=2", "train.logging_steps=1", "train.eval_strategy=no", "train.save_strategy=no",
+        "train.max_steps=2", "train.warmup_steps=0", "train.logging_steps=1",
+        "train.eval_strategy=no", "train.save_strategy=no",
         "train.load_best_model_at_end=false", "train.learning_rate=1e-3",
         "dataset.max_train_samples=16", "dataset.max_eval_samples=4",
         "generate.max_new_tokens=6", "hardware=cpu", "hardware.per_device_train_batch_size=4",

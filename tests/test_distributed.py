@@ -17,10 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import compose_config, run_app, tiny_args
-from slt_hydra import distributed, validate
-from slt_hydra import plan as planner
+from slt_hydra import distributed, memory, validate
+from slt_hydra.config import resolve_hardware
 from slt_hydra.machine import Machine
-from slt_hydra.run import resolve_hardware
+from slt_hydra.plan import format_plan
 
 CPU = Machine(cuda=False, gpu_name=None, gpu_memory_gb=None, gpu_bf16=False, cpu_bf16=False, ram_gb=24.0)
 GPU = Machine(cuda=True, gpu_name="H100", gpu_memory_gb=80.0, gpu_bf16=True, cpu_bf16=False, ram_gb=1000.0)
@@ -130,11 +130,13 @@ def test_trainer_arguments_per_strategy(single_process):
 
 @pytest.mark.parametrize("machine,overrides,needle", [
     (CPU, ["hardware=cpu_ddp2", "hardware.strategy=fsdp"], "needs CUDA GPUs"),
-    (CPU, ["hardware=cpu_ddp2", "hardware.strategy=ring"], "use ddp, fsdp, zero2 or zero3"),
+    (CPU, ["hardware=cpu_ddp2", "hardware.strategy=ring"],
+     "hardware.strategy='ring' is not allowed: use one of ddp, fsdp, zero2, zero3"),
     (GPU, ["hardware=gpu_80gb", "hardware.strategy=fsdp"], "there is one"),
     (GPU, ["hardware=8xh100_80gb", "quant=8bit"], "LLM.int8 weights cannot be sharded"),
     (GPU, ["hardware=8xh100_80gb", "hardware.strategy=zero3", "quant=8bit"], "LLM.int8 weights cannot be sharded"),
-    (GPU, ["hardware=4xa100_80gb", "hardware.num_processes=0"], "must be >= 1"),
+    (GPU, ["hardware=4xa100_80gb", "hardware.num_processes=0"],
+     "hardware.num_processes=0 is not allowed: use an integer >= 1"),
     (CPU, ["hardware=cpu_ddp2", "model=t5_base"], "model.architecture=seq2seq trains in one"),
     (CPU, ["hardware=cpu_ddp2", "train.resume=auto"], "resumes one process only"),
 ])
@@ -163,8 +165,8 @@ def test_documented_combinations_pass(machine, overrides):
 
 
 def test_planner_shards_what_each_strategy_shards():
-    def rows(strategy: str) -> tuple[dict[str, float], planner.Plan]:
-        plan = planner.plan_memory(composed("hardware=8xh100_80gb", "model=llama3.1_70b", "lora.r=64",
+    def rows(strategy: str) -> tuple[dict[str, float], memory.Plan]:
+        plan = memory.plan_memory(composed("hardware=8xh100_80gb", "model=llama3.1_70b", "lora.r=64",
                                             f"hardware.strategy={strategy}", machine=GPU))
         table = {row.what.split(" (")[0]: row.bytes for row in plan.rows}
         table["gradients"] = next(r.bytes for r in plan.peaks["training step"][1] if r.what == "gradients")
@@ -184,15 +186,15 @@ def test_planner_shards_what_each_strategy_shards():
     assert ddp["weights"] / 80 < gathered < ddp["weights"] / 8  # the root unit + 2 of the 80 layers
     assert not ddp_plan.fits and fsdp_plan.fits  # 70B in bf16 fits 80 GB GPUs only sharded
     ddp_cfg = composed("hardware=8xh100_80gb", "model=llama3.1_70b", "lora.r=64", "hardware.strategy=ddp", machine=GPU)
-    fixes = planner.suggestions(ddp_cfg, ddp_plan, GPU)
+    fixes = memory.suggestions(ddp_cfg, ddp_plan, GPU)
     assert fixes[0][0].endswith("hardware.strategy=fsdp") and fixes[0][2]
 
 
 def test_planner_shares_the_ram_between_cpu_processes():
-    one = planner.plan_memory(composed("hardware=cpu"), CPU)
-    two = planner.plan_memory(composed("hardware=cpu_ddp2"), CPU)
+    one = memory.plan_memory(composed("hardware=cpu"), CPU)
+    two = memory.plan_memory(composed("hardware=cpu_ddp2"), CPU)
     assert one.have_gb == 24.0 and two.have_gb == 12.0  # each process gets its share of the machine's RAM
-    text = planner.format_plan(composed("hardware=cpu_ddp2"), two, CPU)
+    text = format_plan(composed("hardware=cpu_ddp2"), two, CPU)
     assert "2 processes" in text and "shared by 2 processes" in text and "global batch 16" in text
 
 

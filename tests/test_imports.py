@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "slt_hydra"
 
 # Lower layers know nothing of higher ones. A new module gets a layer here, or the test below fails.
 LAYERS = {
-    0: {"errors", "schema", "metrics", "machine"},  # leaves: no slt_hydra imports
-    1: {"config", "data", "tracking"},  # the composed config, the corpora, MLflow
+    0: {"errors", "schema", "metrics", "machine", "quiet"},  # leaves: no slt_hydra imports
+    1: {"precision", "config", "data", "tracking"},  # CPU precision, the composed config, the corpora, MLflow
     2: {"fewshot", "distributed"},
     3: {"models"},  # find, load, quantize; LoRA description
     4: {"memory"},  # the planner's maths

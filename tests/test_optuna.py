@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -69,10 +70,14 @@ def test_optuna_search_stores_trials_logs_children_and_resumes(tiny_model, tmp_p
     assert results.best_value == pytest.approx(study.best_value)
 
     # Same command again: the stored study is loaded and grows (trial numbers go on). Here every new trial fails
-    # (lora.r=0 is refused by PEFT): each is recorded FAIL in the study and FAILED in MLflow, and the search
-    # runs to its end instead of stopping at the first failure.
-    again = run_app(["--multirun", "+experiment=optuna_search", "hydra.sweeper.n_trials=2", "lora.r=0",
-                     "hydra.sweep.dir=multirun/again", *trial_args(tiny_model)], tmp_path)
+    # at load time (the weights file is cut short, which no check before loading reads): each is recorded FAIL in
+    # the study and FAILED in MLflow, and the search runs to its end instead of stopping at the first failure.
+    broken = tmp_path / "broken_model"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    again = run_app(["--multirun", "+experiment=optuna_search", "hydra.sweeper.n_trials=2",
+                     "hydra.sweep.dir=multirun/again", *trial_args(broken)], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = load_study(tmp_path, "optuna_search").trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "FAIL"), (3, "FAIL")]

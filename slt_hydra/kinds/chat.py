@@ -10,6 +10,7 @@ from slt_hydra.data import to_prompt_completion
 from slt_hydra.generation import translate_chat
 from slt_hydra.kinds.base import ModelKind
 from slt_hydra.models import load_causal_lm, peft_config
+from slt_hydra.precision import autocast as precision_autocast
 from slt_hydra.training import score_target_positions_only, sft_config
 
 
@@ -39,4 +40,6 @@ class ChatLLM(ModelKind):
         )
 
     def translate(self, cfg, model, tokenizer, sources, batch_size, shots_for=None, on_batch=None):
-        return translate_chat(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size, shots_for, on_batch)
+        with precision_autocast(cfg.hardware):  # bf16 where training used it on a CPU
+            return translate_chat(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size, shots_for,
+                                  on_batch)

@@ -21,6 +21,7 @@ from slt_hydra.data import Example
 from slt_hydra.generation import translate_seq2seq
 from slt_hydra.kinds.base import ModelKind
 from slt_hydra.models import language_codes, load_seq2seq_lm, peft_config
+from slt_hydra.precision import autocast as precision_autocast
 from slt_hydra.training import trainer_arguments
 
 
@@ -98,4 +99,5 @@ class Seq2SeqLM(ModelKind):
 
     def translate(self, cfg, model, tokenizer, sources, batch_size, shots_for=None, on_batch=None):
         # k-shot prompts are chat turns: validate refuses eval.shots > 0 for this kind, so shots_for gives none
-        return translate_seq2seq(model, tokenizer, sources, cfg.generate, batch_size, on_batch)
+        with precision_autocast(cfg.hardware):  # bf16 where training used it on a CPU
+            return translate_seq2seq(model, tokenizer, sources, cfg.generate, batch_size, on_batch)
