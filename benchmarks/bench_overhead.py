@@ -195,7 +195,8 @@ def benchmark(steps: int | None, eval_samples: int | None, workdir: Path, log=No
     """Run the (possibly shortened) default job once and break its wall time down."""
     overrides = [f"hydra.run.dir={workdir / 'job'}"]
     if steps:
-        overrides += [f"train.max_steps={steps}", f"dataset.max_train_samples={steps * 16}"]
+        overrides += [f"train.max_steps={steps}", f"train.warmup_steps={min(5, steps)}",
+                      f"dataset.max_train_samples={steps * 16}"]
     if eval_samples:
         overrides += [f"dataset.max_eval_samples={eval_samples}"]
     print(f"  overhead: python -m slt_hydra {' '.join(overrides[1:]) or '(default job)'}", flush=True)

@@ -15,6 +15,9 @@ megabatches of 144, transformers' heuristic for 600 pairs at batch 16, so ours t
              training throughput).
 - trl_tuned: plain TRL as a careful user writes it on CPU: fp32, bf16 and gradient checkpointing off, adamw_torch,
              no packing, TRL's other defaults (random batches, right padding); same hyperparameters as ours.
+- trl_defaults: plain TRL with SFTConfig's own defaults on the CPU: bf16 autocast, gradient checkpointing. Where the
+             CPU has native bf16 it alternates with the others; where bf16 is emulated (most of a minute per step)
+             it runs --defaults-steps steps once. The training baseline is the faster of it and trl_tuned.
 - ours_full_head: ours as it was before training.score_target_positions_only(): TRL's CPU loss sends every position
              (prompt and padding too) through the LM head. Shows what that one change buys.
 - trl_guide: the guides' QLoRA recipe as copied: 4-bit NF4 + double quantization, fp16, paged_adamw_8bit,
@@ -172,7 +175,8 @@ def train_and_measure(trainer, steps: int, accumulation: int, model, tokenizer, 
 
 def base_overrides(steps: int) -> list[str]:
     """Our default job, stopped after STEPS optimizer steps; evaluation and checkpoints off."""
-    return [f"train.max_steps={steps}", f"dataset.max_eval_samples={HELDOUT}",
+    return [f"train.max_steps={steps}", f"train.warmup_steps={min(5, steps)}",
+            f"dataset.max_eval_samples={HELDOUT}",
             "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false"]
 
 
@@ -228,6 +232,7 @@ def child_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
         "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy", "padding_free",
         "packing", "bf16", "fp16", "gradient_checkpointing", "optim", "dataloader_num_workers")}
     out["settings"]["torch_threads"] = torch.get_num_threads()
+    out["settings"]["precision"] = cfg.hardware.precision  # hardware=auto: measured here (slt_hydra/precision.py)
     return out
 
 
@@ -336,6 +341,34 @@ def child_trl_tuned(steps: int, workdir: Path) -> dict:
     return out
 
 
+def child_trl_defaults(steps: int, workdir: Path) -> dict:
+    """Plain TRL as its docs write it: SFTConfig's own precision defaults (bf16 autocast, gradient checkpointing),
+    on the CPU, the rest as trl_tuned."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    cfg, folder, train, dev = plain_trl_inputs(steps, workdir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(workdir / "trl_defaults"), per_device_train_batch_size=GLOBAL_BATCH,
+        gradient_accumulation_steps=1, max_steps=steps, learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type, max_grad_norm=t.max_grad_norm,
+        max_length=t.max_length, seed=t.seed, use_cpu=True,  # bf16, gradient checkpointing, optim: TRL's defaults
+        save_strategy="no", report_to=[],
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora(cfg))
+    out = train_and_measure(trainer, steps, 1, trainer.model, tokenizer, dev, cfg.dataset)
+    out["settings"] = {"per_device_train_batch_size": GLOBAL_BATCH, "gradient_accumulation_steps": 1,
+                       "train_sampling_strategy": args.train_sampling_strategy, "padding_free": args.padding_free,
+                       "packing": args.packing, "bf16": args.bf16,
+                       "gradient_checkpointing": args.gradient_checkpointing,
+                       "optim": str(getattr(args.optim, "value", args.optim)), "torch_threads": torch.get_num_threads()}
+    return out
+
+
 def child_trl_guide(steps: int, workdir: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -374,6 +407,8 @@ def run_contender(name: str, steps: int, workdir: Path, sft_extra: dict | None =
         out = child_trl_tuned(steps, workdir)
     elif name == "trl_guide":
         out = child_trl_guide(steps, workdir)
+    elif name == "trl_defaults":
+        out = child_trl_defaults(steps, workdir)
     else:
         raise SystemExit(f"unknown contender {name!r}")
     out["contender"] = name
@@ -399,7 +434,14 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def benchmark(steps: int, reps: int, guide_steps: int, workdir: Path, log=None, sft_extra: dict | None = None,
-              contenders=CONTENDERS) -> dict:
+              contenders=CONTENDERS, defaults_steps: int = 2) -> dict:
+    """The contenders alternated over REPS; TRL's defaults (bf16 autocast) join them where this CPU has native
+    bf16, else run DEFAULTS_STEPS steps once (emulated bf16 takes most of a minute per step)."""
+    from slt_hydra.machine import cpu_flags, has_native_bf16
+
+    native_bf16 = has_native_bf16(cpu_flags())
+    if defaults_steps and native_bf16 and "trl_defaults" not in contenders:
+        contenders = (*contenders, "trl_defaults")
     runs = []
     extra = ["--sft-extra", json.dumps(sft_extra)] if sft_extra else []
     for rep, name in alternate(contenders, reps):
@@ -415,7 +457,22 @@ def benchmark(steps: int, reps: int, guide_steps: int, workdir: Path, log=None, 
         print(f"  train: trl_guide ({guide_steps} step(s), once)", flush=True)
         runs.append(run_child("benchmarks.bench_train", ["--child", "trl_guide", "--steps", str(guide_steps)],
                               workdir / "train", timeout=3600, log=log))
+    if defaults_steps and not native_bf16 and "trl_defaults" not in contenders:
+        print(f"  train: trl_defaults ({defaults_steps} step(s), once: bf16 is emulated on this CPU)", flush=True)
+        runs.append(run_child("benchmarks.bench_train", ["--child", "trl_defaults", "--steps", str(defaults_steps)],
+                              workdir / "train", timeout=3600, log=log))
     summary = summarize(runs)
+    plain = [name for name in ("trl_tuned", "trl_defaults") if name in summary]
+    if "ours" in summary and plain:  # the baseline: the faster of plain TRL tuned to fp32 and TRL's own defaults
+        best = max(plain, key=lambda name: summary[name]["real_tokens_per_second"])
+        same_steps = [name for name in plain if summary[name]["steps"] == steps]
+        loss_base = best if best in same_steps else (same_steps[0] if same_steps else None)
+        ours = summary["ours"]
+        summary["best_plain"] = best
+        summary["ratio_vs_best_plain"] = ours["real_tokens_per_second"] / summary[best]["real_tokens_per_second"]
+        if loss_base:  # losses only compare over the same steps
+            summary["best_plain_loss_base"] = loss_base
+            summary["heldout_loss_diff_vs_best_plain"] = ours["heldout_loss"] / summary[loss_base]["heldout_loss"] - 1
     if "ours" in summary and "trl_tuned" in summary:
         ours, tuned = summary["ours"], summary["trl_tuned"]
         summary["ratio_vs_tuned"] = ours["real_tokens_per_second"] / tuned["real_tokens_per_second"]
@@ -429,7 +486,8 @@ def benchmark(steps: int, reps: int, guide_steps: int, workdir: Path, log=None, 
     if "ours" in summary and "trl_guide" in summary:
         summary["ratio_vs_guide"] = (summary["ours"]["real_tokens_per_second"]
                                      / summary["trl_guide"]["real_tokens_per_second"])
-    return {"steps": steps, "reps": reps, "guide_steps": guide_steps, "runs": runs, "summary": summary}
+    return {"steps": steps, "reps": reps, "guide_steps": guide_steps, "defaults_steps": defaults_steps,
+            "native_bf16": native_bf16, "runs": runs, "summary": summary}
 
 
 def profile(steps: int, workdir: Path, log=None) -> dict:
@@ -448,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guide", action="store_true", help="also run the guides' QLoRA recipe (slow), once")
     parser.add_argument("--guide-steps", type=int, default=1)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--defaults-steps", type=int, default=2,
+                        help="steps of plain TRL's defaults (bf16 autocast) where bf16 is emulated; 0 = skip")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sft-extra", type=json.loads, default=None,
@@ -459,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         write_result(args.out, run_contender(args.child, args.steps, workdir, args.sft_extra))
         return 0
     result = benchmark(args.steps, args.reps, args.guide_steps if args.guide else 0, workdir,
-                       sft_extra=args.sft_extra, contenders=tuple(args.contenders.split(",")))
+                       sft_extra=args.sft_extra, contenders=tuple(args.contenders.split(",")),
+                       defaults_steps=args.defaults_steps)
     print(json.dumps(result["summary"], indent=1, default=str))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))

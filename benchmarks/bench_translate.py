@@ -8,9 +8,11 @@ with generate=greedy's settings (max_new_tokens 64):
 
 - pipeline:  ``pipeline("text-generation", model, tokenizer)`` called once per sentence with the chat messages,
              as the guides do;
+- pipeline_bf16: the same under CPU bf16 autocast (where the CPU emulates bf16: its first 16 sentences only). The
+             baseline is the faster of the two pipelines, per sentence;
 - ours_bN:   ``slt_hydra.generation.translate_chat`` (prompts sorted by length in tokens, left padding, KV cache, the
              batch's shared system turn computed once, finished rows leaving the batch every 4 tokens) at batch
-             size N;
+             size N, under the precision hardware=auto chose for this CPU, as a run translates;
 - noprefix_bN: the same without the shared-prefix cache, largest N only;
 - nodrop_bN: the same without dropping finished rows (one generate call per batch), largest N only;
 - generate_batch: transformers' continuous batching (``model.generate_batch``: paged KV cache, prompts packed
@@ -33,6 +35,7 @@ from pathlib import Path
 from benchmarks.common import compose, fmt, median, quiet, run_child, write_result
 
 BATCH_SIZES = (32, 64, 128)
+EMULATED_BF16_SENTENCES = 16  # the bf16 pipeline's sentences where this CPU emulates bf16
 
 
 def load(adapter: Path | None, workdir: Path):
@@ -50,8 +53,8 @@ def load(adapter: Path | None, workdir: Path):
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     splits, _ = load_splits(cfg.dataset)
-    sources = [e.source for e in splits["dev"] + splits["test"]]
-    return cfg, model, tokenizer, sources
+    examples = splits["dev"] + splits["test"]
+    return cfg, model, tokenizer, [e.source for e in examples], [e.target for e in examples]
 
 
 def pipeline_translate(model, tokenizer, sources, cfg) -> list[str]:
@@ -182,15 +185,24 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     import torch
 
     from slt_hydra.data import build_messages
-    from slt_hydra.generation import translate_chat as translate
+    from slt_hydra.generation import translate_chat
+    from slt_hydra.machine import cpu_flags, has_native_bf16
+    from slt_hydra.metrics import score_corpus
+    from slt_hydra.precision import autocast
+
+    def translate(*args):  # as run.execute translates: under the precision hardware=auto chose for this CPU
+        with autocast(cfg.hardware):
+            return translate_chat(*args)
 
     quiet()
-    cfg, model, tokenizer, sources = load(adapter, workdir)
+    cfg, model, tokenizer, sources, targets = load(adapter, workdir)
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
     sources = sources[:sentences]
-    names = (["pipeline"] + [f"ours_b{b}" for b in batch_sizes] + [f"noprefix_b{max(batch_sizes)}",
-                                                                   f"nodrop_b{max(batch_sizes)}", "generate_batch"])
+    # bf16 emulated (no AVX512-BF16/AMX): a few times slower per sentence, so the bf16 pipeline gets fewer of them
+    bf16_sources = sources if has_native_bf16(cpu_flags()) else sources[:EMULATED_BF16_SENTENCES]
+    names = (["pipeline", "pipeline_bf16"] + [f"ours_b{b}" for b in batch_sizes]
+             + [f"noprefix_b{max(batch_sizes)}", f"nodrop_b{max(batch_sizes)}", "generate_batch"])
     order = names if rep % 2 == 0 else list(reversed(names))
     reference_gflops = matmul_gflop_per_second(model.config)
     timings, outputs, work = {}, {}, {}
@@ -200,6 +212,9 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
         started = time.perf_counter()
         if name == "pipeline":
             outputs[name] = pipeline_translate(model, tokenizer, sources, cfg)
+        elif name == "pipeline_bf16":  # the same calls under CPU bf16 autocast
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs[name] = pipeline_translate(model, tokenizer, bf16_sources, cfg)
         elif name == "generate_batch":
             outputs[name] = continuous_batching(model, tokenizer, sources, cfg)
         elif name.startswith(("noprefix", "nodrop")):  # our batched path without one of its speed-ups
@@ -215,8 +230,15 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     prompt_tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     new_tokens = {name: sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
                   for name, texts in outputs.items()}
+    def bleu4(texts: list[str]) -> float:
+        return score_corpus(texts, targets[:len(texts)], tokenize=cfg.dataset.tokenize)["bleu4"]
+
     return {
         "rep": rep, "order": order, "sentences": len(sources), "seconds": timings, "new_tokens": new_tokens,
+        "sentences_of": {name: len(texts) for name, texts in outputs.items()},
+        "bleu4": {name: bleu4(texts) for name, texts in outputs.items()},
+        "bleu4_fp32_pipeline_same_sentences": {name: bleu4(reference[:len(texts)]) for name, texts in outputs.items()},
+        "precision": cfg.hardware.precision,
         "prompt_tokens": prompt_tokens, "work": work,
         "matmul_gflop_per_second": reference_gflops, "decoder_params": counter.decoder_params,
         "head_params": counter.head_params,
@@ -242,17 +264,22 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
         runs.append(run_child("benchmarks.bench_translate", args, workdir / "translate", timeout=3600, log=log))
         r = runs[-1]
         print("    " + ", ".join(f"{name} {r['sentences'] / s:.2f}/s" for name, s in r["seconds"].items()), flush=True)
-    n = runs[0]["sentences"]
     summary = {}
     for name in runs[0]["seconds"]:
+        n = runs[0]["sentences_of"][name]
         seconds = median(r["seconds"][name] for r in runs)
         summary[name] = {"seconds": seconds, "translations_per_second": n / seconds,
                          "seconds_per_translation": seconds / n,
                          "identical": min(r["identical"][name] for r in runs), "sentences": n,
-                         "new_tokens": runs[0]["new_tokens"][name], "work": runs[0]["work"][name]}
+                         "new_tokens": runs[0]["new_tokens"][name], "work": runs[0]["work"][name],
+                         "bleu4": runs[0]["bleu4"][name],
+                         "bleu4_pipeline": runs[0]["bleu4_fp32_pipeline_same_sentences"][name]}
         summary[name]["gflop_per_translation"] = summary[name]["work"]["gflop"] / n
         summary[name]["gflop_per_second"] = summary[name]["work"]["gflop"] / seconds
-    base = summary["pipeline"]["translations_per_second"]
+    n = runs[0]["sentences"]
+    # The baseline: the faster pipeline, fp32 or bf16 autocast (per sentence: the bf16 one may have had fewer)
+    baseline = max(("pipeline", "pipeline_bf16"), key=lambda k: summary[k]["translations_per_second"])
+    base = summary[baseline]["translations_per_second"]
     for row in summary.values():
         row["speedup"] = row["translations_per_second"] / base
     best = max((k for k in summary if k.startswith("ours_b")), key=lambda k: summary[k]["translations_per_second"])
@@ -268,6 +295,7 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
             "own_prompt_tokens": own_prompt,
             "shared_prefix_tokens": first["shared_prefix_tokens"],
             "best": best, "best_batch_size": batch_size(best), "best_speedup": summary[best]["speedup"],
+            "baseline": baseline, "precision": first["precision"],
             "prompt_tokens": runs[0]["prompt_tokens"]}
 
 

@@ -185,8 +185,11 @@ def machine_facts() -> dict[str, Any]:
         threads, cuda = torch.get_num_threads(), torch.cuda.is_available()
     except ImportError:
         threads, cuda = None, False
+    from slt_hydra.machine import BF16_FLAGS, cpu_flags
+
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(ram, 1), "cuda": cuda, "torch_threads": threads,
+        "cpu": cpu, "cpu_bf16_flags": sorted(cpu_flags() & BF16_FLAGS), "cores": os.cpu_count(),
+        "ram_gb": round(ram, 1), "cuda": cuda, "torch_threads": threads,
         "python": platform.python_version(), "os": platform.platform(), "versions": versions,
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d %H:%M"),
