@@ -263,7 +263,8 @@ def benchmark(sentences: int, reps: int, batch_sizes: list[int], adapter: Path |
             args += ["--adapter", str(adapter)]
         runs.append(run_child("benchmarks.bench_translate", args, workdir / "translate", timeout=3600, log=log))
         r = runs[-1]
-        print("    " + ", ".join(f"{name} {r['sentences'] / s:.2f}/s" for name, s in r["seconds"].items()), flush=True)
+        print("    " + ", ".join(f"{name} {r['sentences_of'][name] / s:.2f}/s" for name, s in r["seconds"].items()),
+              flush=True)
     summary = {}
     for name in runs[0]["seconds"]:
         n = runs[0]["sentences_of"][name]
