@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from slt_hydra.machine import Machine, auto_hardware_profile, cpu_flags, has_native_bf16
-from slt_hydra.precision import PrecisionChoice, calibration_shape
+from slt_hydra.precision import PRECISIONS, PrecisionChoice, calibration_shape
 from slt_hydra.precision import choose as choose_precision
 from slt_hydra.schema import out_of_range, register_configs
 
@@ -82,8 +82,10 @@ def resolve_cpu_precision(cfg: DictConfig, machine: Machine | None) -> Precision
             # (a bare adapter reloaded by translate/merge has no train group or cache_dir of its own)
             train_batch = cfg.get("train", {}).get("per_device_train_batch_size") or hw.per_device_train_batch_size
             native = machine.cpu_bf16 if machine else has_native_bf16(cpu_flags())
+            quantized = cfg.get("quant") is not None and (cfg.quant.load_in_4bit or cfg.quant.load_in_8bit)
             choice = choose_precision(native, calibration_shape(cfg.model, train_batch), hw.torch_threads,
-                                      cfg.get("cache_dir") or os.environ.get("SLT_HYDRA_CACHE", DEFAULT_CACHE_DIR))
+                                      cfg.get("cache_dir") or os.environ.get("SLT_HYDRA_CACHE", DEFAULT_CACHE_DIR),
+                                      candidates=PRECISIONS[:2] if quantized else PRECISIONS)  # no bf16 weights
             hw.precision = choice.precision
     elif hw.dtype == "bfloat16":
         hw.precision = "bfloat16"

@@ -43,13 +43,15 @@ class PrecisionChoice:
     cached: bool = False  # read from the cache, not measured in this process
 
 
-def decide(native_bf16: bool, gflops: dict[str, float] | None) -> tuple[str, str]:
-    """The precision and why, from the CPU's bf16 support and the measured rates (GFLOP/s per precision)."""
+def decide(native_bf16: bool, gflops: dict[str, float] | None,
+           candidates: tuple[str, ...] = PRECISIONS) -> tuple[str, str]:
+    """The precision and why, from the CPU's bf16 support and the measured rates (GFLOP/s per precision), among
+    ``candidates`` (quantized base weights leave no bf16 weights to choose)."""
     if not native_bf16:
         return "float32", "no AVX512-BF16/AMX on this CPU: bf16 would be emulated, so fp32 (nothing measured)"
     rates = ", ".join(f"{name} {gflops[name]:.0f}" for name in PRECISIONS)
     best = "float32"
-    for candidate in PRECISIONS[1:]:
+    for candidate in (name for name in PRECISIONS[1:] if name in candidates):
         if gflops[candidate] >= MARGIN * gflops[best]:
             best = candidate
     if best == "float32":
@@ -114,7 +116,8 @@ def read_cache(path: Path) -> dict:
 
 
 def choose(native_bf16: bool, shape: tuple[int, int, int], threads: int | None, cache_dir: str | Path,
-           measure_fn: Callable[..., dict[str, float]] = measure) -> PrecisionChoice:
+           measure_fn: Callable[..., dict[str, float]] = measure,
+           candidates: tuple[str, ...] = PRECISIONS) -> PrecisionChoice:
     """hardware.precision=auto on a CPU: the decision, from the cache when this machine and shape were measured."""
     if not native_bf16:
         return PrecisionChoice(*decide(False, None))
@@ -125,7 +128,7 @@ def choose(native_bf16: bool, shape: tuple[int, int, int], threads: int | None, 
     entry = cache.get(key)
     if isinstance(entry, dict) and set(PRECISIONS) <= set(entry.get("gflops", {})):
         gflops = {name: float(entry["gflops"][name]) for name in PRECISIONS}
-        return PrecisionChoice(*decide(True, gflops), gflops=gflops, cached=True)
+        return PrecisionChoice(*decide(True, gflops, candidates), gflops=gflops, cached=True)
     gflops = measure_fn(*shape, threads=threads)
     cache[key] = {"gflops": gflops, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:  # written whole, then renamed: parallel sweep jobs never read half a file
@@ -135,7 +138,7 @@ def choose(native_bf16: bool, shape: tuple[int, int, int], threads: int | None, 
         partial.replace(path)
     except OSError:  # a read-only cache: measured again next time
         pass
-    return PrecisionChoice(*decide(True, gflops), gflops=gflops)
+    return PrecisionChoice(*decide(True, gflops, candidates), gflops=gflops)
 
 
 def autocast(hardware) -> contextlib.AbstractContextManager:

@@ -110,6 +110,11 @@ def test_hardware_auto_applies_the_choice_to_weights_and_trainer(make_cfg, tmp_p
     assert (cfg.hardware.precision, cfg.hardware.dtype) == ("bf16_autocast", "float32")  # fp32 weights
     assert trainer_arguments(cfg, tmp_path)["bf16"] is True
 
+    cfg = make_cfg("hardware=auto", "quant=8bit", f"cache_dir={tmp_path / 'cache'}")  # quantized: no bf16 weights
+    seed_cache(cfg, rates(100, 150, 400))
+    assert resolve_hardware(cfg, WITH_BF16, overrides=[]).precision == "bf16_autocast"
+    assert cfg.hardware.dtype == "float32"
+
     cfg = make_cfg("hardware=auto", f"cache_dir={tmp_path / 'empty'}")
     choice = resolve_hardware(cfg, NO_BF16, overrides=[])
     assert (choice.precision, cfg.hardware.dtype) == ("float32", "float32")
@@ -158,3 +163,13 @@ def test_bf16_autocast_trains_and_translates_as_well_as_fp32(tiny_model, tmp_pat
     assert fp32["dev_loss"] < fp32["zeroshot_dev_loss"]  # it learned something to compare
     assert abs(bf16["dev_loss"] - fp32["dev_loss"]) <= 0.02 * fp32["dev_loss"]
     assert abs(bf16["test_bleu4"] - fp32["test_bleu4"]) <= 1.0
+
+
+def test_qlora_runs_under_bf16_autocast(tiny_model, tmp_path):
+    """What hardware=auto picks for quant=4bit on a CPU with fast bf16: NF4 weights, fp32 compute dtype, autocast."""
+    result = run_app(tiny_args(tiny_model, "quant=4bit", "hardware.precision=bf16_autocast",
+                               f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(tmp_path)
+    assert (run.data.tags["cpu_precision"], run.data.tags["precision"]) == ("bf16_autocast", "4bit")
+    assert run.data.metrics["train_tokens"] > 0 and "test_bleu4" in run.data.metrics
