@@ -60,7 +60,8 @@ def decide(native_bf16: bool, gflops: dict[str, float] | None,
 
 
 def measure(rows: int, k: int, n: int, threads: int | None = None, seconds: float = 0.2) -> dict[str, float]:
-    """GFLOP/s of y = x W^T (W: n x k, frozen) forward and dL/dx backward, per precision, on this CPU."""
+    """GFLOP/s of y = x W^T (W: n x k, frozen) forward and dL/dx backward, per precision, on this CPU, with
+    ``threads`` torch threads (None: leave torch's setting alone, as the run will)."""
     import torch
 
     if threads:
@@ -121,8 +122,7 @@ def choose(native_bf16: bool, shape: tuple[int, int, int], threads: int | None, 
     """hardware.precision=auto on a CPU: the decision, from the cache when this machine and shape were measured."""
     if not native_bf16:
         return PrecisionChoice(*decide(False, None))
-    threads = threads or len(os.sched_getaffinity(0))
-    key = machine_key(shape, threads)
+    key = machine_key(shape, threads or len(os.sched_getaffinity(0)))  # (None: torch's default for this machine)
     path = Path(cache_dir).expanduser() / CACHE_FILE
     cache = read_cache(path)
     entry = cache.get(key)
