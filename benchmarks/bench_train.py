@@ -315,7 +315,16 @@ def lora(cfg):
                       target_modules=list(cfg.lora.target_modules))
 
 
-def child_trl_tuned(steps: int, workdir: Path) -> dict:
+# trl_tuned: the CPU tuning a careful user writes; trl_defaults: none, SFTConfig's own bf16 autocast, gradient
+# checkpointing and optimizer (plain TRL as its docs write it).
+PLAIN_TRL_PRECISION = {
+    "trl_tuned": {"bf16": False, "gradient_checkpointing": False, "optim": "adamw_torch"},
+    "trl_defaults": {},
+}
+
+
+def child_plain_trl(name: str, steps: int, workdir: Path) -> dict:
+    """Plain TRL on the CPU with our default config's hyperparameters; PLAIN_TRL_PRECISION[name] on top."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -325,39 +334,11 @@ def child_trl_tuned(steps: int, workdir: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     t = cfg.train
     args = SFTConfig(
-        output_dir=str(workdir / "trl_tuned"), per_device_train_batch_size=GLOBAL_BATCH,
+        output_dir=str(workdir / name), per_device_train_batch_size=GLOBAL_BATCH,
         gradient_accumulation_steps=1, max_steps=steps, learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type, max_grad_norm=t.max_grad_norm,
-        max_length=t.max_length, seed=t.seed,
-        bf16=False, gradient_checkpointing=False, use_cpu=True, optim="adamw_torch",  # the CPU tuning
-        save_strategy="no", report_to=[],
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora(cfg))
-    out = train_and_measure(trainer, steps, 1, trainer.model, tokenizer, dev, cfg.dataset)
-    out["settings"] = {"per_device_train_batch_size": GLOBAL_BATCH, "gradient_accumulation_steps": 1,
-                       "train_sampling_strategy": args.train_sampling_strategy, "padding_free": args.padding_free,
-                       "packing": args.packing, "bf16": False, "gradient_checkpointing": False,
-                       "optim": "adamw_torch", "torch_threads": torch.get_num_threads()}
-    return out
-
-
-def child_trl_defaults(steps: int, workdir: Path) -> dict:
-    """Plain TRL as its docs write it: SFTConfig's own precision defaults (bf16 autocast, gradient checkpointing),
-    on the CPU, the rest as trl_tuned."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    cfg, folder, train, dev = plain_trl_inputs(steps, workdir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    t = cfg.train
-    args = SFTConfig(
-        output_dir=str(workdir / "trl_defaults"), per_device_train_batch_size=GLOBAL_BATCH,
-        gradient_accumulation_steps=1, max_steps=steps, learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type, max_grad_norm=t.max_grad_norm,
-        max_length=t.max_length, seed=t.seed, use_cpu=True,  # bf16, gradient checkpointing, optim: TRL's defaults
-        save_strategy="no", report_to=[],
+        max_length=t.max_length, seed=t.seed, use_cpu=True, save_strategy="no", report_to=[],
+        **PLAIN_TRL_PRECISION[name],
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=lora(cfg))
     out = train_and_measure(trainer, steps, 1, trainer.model, tokenizer, dev, cfg.dataset)
@@ -403,12 +384,10 @@ def run_contender(name: str, steps: int, workdir: Path, sft_extra: dict | None =
         out = child_ours(steps, workdir, sft_extra or {}, full_head=True)
     elif name == "profile":
         out = child_profile(steps, workdir)
-    elif name == "trl_tuned":
-        out = child_trl_tuned(steps, workdir)
+    elif name in PLAIN_TRL_PRECISION:
+        out = child_plain_trl(name, steps, workdir)
     elif name == "trl_guide":
         out = child_trl_guide(steps, workdir)
-    elif name == "trl_defaults":
-        out = child_trl_defaults(steps, workdir)
     else:
         raise SystemExit(f"unknown contender {name!r}")
     out["contender"] = name
