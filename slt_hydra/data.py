@@ -13,8 +13,9 @@ dataclass or an OmegaConf node) describes, in one of five formats:
                ``datasets.load_dataset`` only when the Hub is reachable; ``splits`` maps our split names
                to the Hub's (``dev: validation``), slices included (``dev: "train[95%:]"``).
 
-Corpora that ship no gloss column (How2Sign, iSign: ``_TEXT_ONLY``) are refused with a message that
-says so and what to do, rather than trained on an id column or on nothing.
+Corpora that ship no gloss column (How2Sign, iSign: ``_TEXT_ONLY``) read as gloss text are refused with a
+message that says so and what to do (their poses: ``dataset.input=pose``), rather than trained on an id column
+or on nothing. With ``dataset.input=pose`` the source field names each example's pose (slt_hydra/pose.py).
 
 Every problem is raised as ``DataError`` whose message names the file, the line when it
 applies, and the config key to change. No torch/transformers import happens here, and
@@ -53,16 +54,17 @@ _TEXT_ONLY: Dict[str, Tuple[Tuple[str, ...], str]] = {
         ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START", "END", "START_REALIGNED",
          "END_REALIGNED"),
         "How2Sign ships no gloss column: its realigned files hold only video/sentence ids, start/end times and the "
-        "English SENTENCE, and pose/video input is not supported yet. Add a gloss column (your own annotation) "
-        "to each split file, named GLOSS or any name you give as dataset.source_field=COLUMN",
+        "English SENTENCE. Translate from its released keypoints instead (dataset.input=pose "
+        "dataset.source_field=SENTENCE_NAME, as conf/dataset/how2sign.yaml does), or add a gloss column (your own "
+        "annotation) to each split file, named GLOSS or any name you give as dataset.source_field=COLUMN",
     ),
     "isign": (
         ("uid",),
-        "iSign ships no gloss or other source-text column: its CSV holds a video id (uid) and the English text, "
-        "and pose/video input is not supported yet, so there is nothing to translate from. Options: train on a "
-        "gloss corpus instead (dataset=aslg_pc12, dataset=phoenix14t, dataset=how2sign with a gloss column you "
-        "add, or dataset=local), or add a gloss column for the iSign uids to each split file, named gloss or "
-        "any name you give as dataset.source_field=COLUMN",
+        "iSign ships no gloss or other source-text column: its CSV holds a video id (uid) and the English text. "
+        "Translate from its pose release instead (dataset.input=pose dataset.source_field=uid, as "
+        "conf/dataset/isign.yaml does), train on a gloss corpus (dataset=aslg_pc12, dataset=phoenix14t, or "
+        "dataset=local), or add a gloss column for the iSign uids to each split file, named gloss or any name you "
+        "give as dataset.source_field=COLUMN",
     ),
 }
 _OFF = ("1", "true", "yes", "on")
@@ -138,6 +140,8 @@ def _check_fields(cfg: Any) -> Optional[str]:
     if str(sf) == str(tf):
         raise DataError(f"dataset.source_field and dataset.target_field are both {str(sf)!r}: the model would learn "
                         "to copy its input; " + (hint or "point dataset.source_field at the gloss column"))
+    if _value(cfg, "input") == "pose":  # source_field names each example's pose (an id column is just right)
+        return hint
     if spec and str(sf) in spec[0]:
         raise DataError(f"dataset.source_field={str(sf)!r} is a metadata column of {_value(cfg, 'name')}, not "
                         f"source text; {hint}")

@@ -27,6 +27,9 @@ from slt_hydra.machine import Machine, detect_machine, peak_memory_gb, reset_pea
 from slt_hydra.memory import estimate_memory_gb, resolve_auto_quant
 from slt_hydra.metrics import SCORES, score_corpus
 from slt_hydra.models import ModelSource, locate_model
+from slt_hydra.pose import PoseCorpus, load_pose_corpus
+from slt_hydra.pose_demo import write_pose_demo
+from slt_hydra.pose_model import load_encoder_settings
 from slt_hydra.precision import PrecisionChoice
 from slt_hydra.quiet import note_cpu_4bit_kernels
 from slt_hydra.training import resume_checkpoint, train_and_measure, truncation_counts
@@ -41,6 +44,7 @@ class Prepared:
     data_counts: dict[str, int]
     source: ModelSource
     precision: PrecisionChoice | None = None  # hardware.precision=auto: what was measured and chosen
+    poses: PoseCorpus | None = None  # dataset.input=pose: every example's keypoints, read and checked
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -51,16 +55,24 @@ def prepare(cfg: DictConfig) -> Prepared:
     problems = validate.check(cfg, machine)
     if problems:
         raise SetupError("this experiment cannot run as configured:\n  - " + "\n  - ".join(problems))
+    if cfg.dataset.name == "demo_pose":  # the synthetic pose corpus is written on first use
+        write_pose_demo(Path(cfg.dataset.path))
     splits, counts = load_splits(cfg.dataset)
-    if problems := validate.data_problems(cfg, splits):
+    poses = None
+    if cfg.dataset.input == "pose":
+        poses = load_pose_corpus(cfg.dataset, cfg.pose, splits)
+        counts.update(poses.counts)
+    if problems := validate.data_problems(cfg, splits, poses):
         raise SetupError("this experiment cannot run on this corpus as configured:\n  - " + "\n  - ".join(problems))
     if cfg.eval.adapter and not (Path(cfg.eval.adapter).expanduser() / "adapter_config.json").is_file():
         raise SetupError(f"eval.adapter={cfg.eval.adapter} is not a LoRA adapter directory (no adapter_config.json):"
                          " point it at a run's adapter/ folder, e.g. outputs/DATE/TIME_MODEL_QUANT/adapter.")
+    if cfg.eval.adapter and poses is not None:
+        load_encoder_settings(Path(cfg.eval.adapter).expanduser())  # the encoder's shape: refused now if missing
     source = locate_model(cfg.model, cfg.cache_dir)
     if source.local:  # nothing below needs the Hub: make sure nothing tries
         os.environ["HF_HUB_OFFLINE"] = "1"
-    return Prepared(machine, splits, counts, source, precision)
+    return Prepared(machine, splits, counts, source, precision, poses)
 
 
 def objective_value(cfg: DictConfig, metrics: dict) -> float | list[float] | None:
@@ -144,7 +156,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         mlflow = distributed.NoTracking()
     checkpoint = resume_checkpoint(cfg, output_dir)
     done_before = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics if checkpoint else {}
-    kind = kind_for(cfg)
+    kind = kind_for(cfg, prepared.poses)
 
     mlflow.set_tags({
         "model": cfg.model.name, "model_family": cfg.model.family, "params_b": str(cfg.model.params_b),
@@ -249,6 +261,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     log_metrics(truncation_counts(trainer, len(splits["train"]), cfg.train.max_length))
     train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
+    log_metrics(kind.after_training(trainer, logged["train_seconds"]))
 
     # The adapter (or the full model, without LoRA) and its tokenizer. Saved before translating: in several
     # processes every rank takes part (FSDP/ZeRO-3 gather the shards) and rank 0 writes.

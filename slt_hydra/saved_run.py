@@ -20,6 +20,7 @@ from slt_hydra.errors import CliError
 from slt_hydra.kinds import kind_for
 from slt_hydra.machine import detect_machine
 from slt_hydra.models import locate_model
+from slt_hydra.pose_model import ENCODER_FILE as POSE_ENCODER_FILE
 from slt_hydra.quiet import quiet_libraries
 from slt_hydra.tracking import default_tracking_uri
 
@@ -184,10 +185,18 @@ def resolve_run(args: argparse.Namespace) -> AdapterRun:
     if args.tracking_uri is not None and args.run_id is None:
         raise CliError("--tracking-uri only goes with --run-id")
     if args.run_dir is not None:
-        return _from_run_dir(args.run_dir)
-    if args.run_id is not None:
-        return _from_run_id(args.run_id, args.tracking_uri)
-    return _from_adapter(args.adapter, args.base)
+        run = _from_run_dir(args.run_dir)
+    elif args.run_id is not None:
+        run = _from_run_id(args.run_id, args.tracking_uri)
+    else:
+        run = _from_adapter(args.adapter, args.base)
+    if run.cfg.dataset.get("input", "gloss") == "pose" or (run.adapter_dir / POSE_ENCODER_FILE).is_file():
+        run.cleanup()
+        raise CliError(f"{run.origin} was trained on pose input (its adapter holds a pose encoder); translate and "
+                       "merge read text lines and do not take poses yet. Score it on a pose corpus with "
+                       "`python -m slt_hydra <the run's overrides> eval.only=true eval.adapter=ADAPTER_DIR` "
+                       "(docs/pose.md)")
+    return run
 
 
 def fit_hardware(run: AdapterRun) -> None:

@@ -145,6 +145,29 @@ class DatasetConfig:
     hub_id: Optional[str] = None  # format=hub: Hugging Face Hub dataset id (OWNER/NAME); downloaded only when online
     hub_config: Optional[str] = None  # format=hub: the subset (load_dataset's second argument); null = the default
     hub_revision: Optional[str] = None  # format=hub: commit, tag or branch; null = the main branch
+    input: str = "gloss"  # gloss: source_field holds text | pose: it names each example's pose file (slt_hydra/pose.py)
+    pose_dir: Optional[str] = None  # input=pose: the folder of pose files, relative to path; null = path itself
+    pose_format: str = "pose"  # input=pose: pose (.pose files) | npy | npz | openpose_json (a folder per example)
+
+
+@dataclass
+class PoseConfig:
+    """What a pose-input run reads (slt_hydra/pose.py) and the encoder that turns it into soft tokens
+    (slt_hydra/pose_model.py). Used only with dataset.input=pose."""
+
+    layout: str = "auto"  # auto (from the .pose header; arrays: from the point count) | holistic | openpose
+    parts: List[str] = field(default_factory=lambda: ["body", "left_hand", "right_hand"])  # and/or face
+    dims: int = 2  # coordinates kept per point: 2 (XY) | 3 (XYZ)
+    normalize: str = "shoulders"  # shoulders (centred, shoulder width 1: pose-format's normalize) | none
+    max_frames: int = 512  # longer sequences: on_long
+    on_long: str = "truncate"  # truncate (counted) | error
+    on_nonfinite: str = "drop"  # frames holding NaN/inf: drop (counted) | error
+    fps: float = 24.0  # openpose_json / arrays carry no frame rate: recorded in the Pose only
+    hidden: int = 256  # the encoder's width
+    layers: int = 2  # transformer layers over the downsampled frames
+    heads: int = 4  # attention heads (hidden must be a multiple)
+    downsample: int = 4  # frames per soft token (a strided convolution): fewer soft tokens, shorter sequences
+    dropout: float = 0.1
 
 
 @dataclass
@@ -216,6 +239,7 @@ class SltConfig:
     lora: LoraConfig = MISSING
     hardware: HardwareConfig = MISSING
     dataset: DatasetConfig = MISSING
+    pose: PoseConfig = field(default_factory=PoseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -305,6 +329,8 @@ TRAIN_SAMPLERS = ("random", "sequential", "group_by_length", "batch_rebalance")
 BLEU_TOKENIZERS = ("none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200",
                    "spBLEU-1K")  # sacrebleu's
 DATASET_FORMATS = ("jsonl", "csv", "tsv", "parallel", "hub")
+POSE_FORMATS = ("pose", "npy", "npz", "openpose_json")  # slt_hydra/pose.py reads each
+POSE_PARTS = ("body", "face", "left_hand", "right_hand")
 DTYPES = ("float32", "float16", "bfloat16")
 CPU_PRECISIONS = ("float32", "bf16_autocast", "bfloat16")  # slt_hydra/precision.py, safest first
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
@@ -357,6 +383,22 @@ ALLOWED: Dict[str, Allowed] = {
     "dataset.max_train_samples": at_least(1, null=True),
     "dataset.max_eval_samples": at_least(1, null=True),
     "dataset.tokenize": one_of(*BLEU_TOKENIZERS),
+    "dataset.input": one_of("gloss", "pose"),
+    "dataset.pose_format": one_of(*POSE_FORMATS),
+    # pose (hidden % heads: validate.py)
+    "pose.layout": one_of("auto", "holistic", "openpose"),
+    "pose.parts": one_of(*POSE_PARTS),  # each entry
+    "pose.dims": one_of(2, 3),
+    "pose.normalize": one_of("shoulders", "none"),
+    "pose.max_frames": at_least(1),
+    "pose.on_long": one_of("truncate", "error"),
+    "pose.on_nonfinite": one_of("drop", "error"),
+    "pose.fps": above(0),
+    "pose.hidden": at_least(8),
+    "pose.layers": at_least(0),
+    "pose.heads": at_least(1),
+    "pose.downsample": at_least(1),
+    "pose.dropout": Allowed(low=0, high=1, high_open=True),
     # train
     "train.num_train_epochs": Allowed(low=0),  # 0 with max_steps > 0 (validate: something must be trained)
     "train.max_steps": at_least(1, also=(-1,)),

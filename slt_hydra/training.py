@@ -59,11 +59,11 @@ def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
     )
 
 
-def sft_config(cfg: DictConfig, output_dir: Path):
-    """TRL's SFTConfig: the Trainer arguments plus the longest tokenized example."""
+def sft_config(cfg: DictConfig, output_dir: Path, **extra):
+    """TRL's SFTConfig: the Trainer arguments plus the longest tokenized example (and a kind's ``extra``)."""
     from trl import SFTConfig
 
-    return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir))
+    return SFTConfig(max_length=cfg.train.max_length, **trainer_arguments(cfg, output_dir), **extra)
 
 
 def score_target_positions_only() -> None:

@@ -19,6 +19,7 @@ from slt_hydra.distributed import SHARDED, processes
 from slt_hydra.machine import Machine, cpu_flags, has_native_bf16
 from slt_hydra.metrics import SCORES
 from slt_hydra.models import LANG_CODES, language_codes
+from slt_hydra.pose import pose_files_named
 from slt_hydra.schema import out_of_range
 from slt_hydra.tracking import SECRET_KEY
 
@@ -129,6 +130,10 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     if cfg.model.get("architecture", "causal_lm") == "seq2seq":
         problems += _seq2seq_problems(cfg)
 
+    # Pose input (slt_hydra/pose.py, kinds/pose.py).
+    if cfg.dataset.get("input", "gloss") == "pose":
+        problems += _pose_problems(cfg)
+
     # Training schedule.
     if training and train.load_best_model_at_end:
         if train.eval_strategy == "no":
@@ -207,6 +212,48 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
     return problems
 
 
+def _pose_problems(cfg: DictConfig) -> list[str]:
+    """dataset.input=pose: what the pose path (a chat LLM with a pose encoder, one process) can do."""
+    problems = []
+    pose, dataset = cfg.pose, cfg.dataset
+    if cfg.model.get("architecture", "causal_lm") == "seq2seq":
+        problems.append("dataset.input=pose with model.architecture=seq2seq: the pose encoder feeds a decoder-only "
+                        "chat LLM's prompt; use a causal LM (model=smollm2_135m_instruct, qwen2.5_7b_instruct, ...).")
+    if not cfg.lora.enabled and not cfg.eval.only:
+        problems.append("dataset.input=pose with lora=none: the encoder is trained and saved with the LLM's adapter "
+                        "(PEFT modules_to_save); keep an adapter (lora=default).")
+    if cfg.eval.shots:
+        problems.append(f"eval.shots={cfg.eval.shots} with dataset.input=pose: k-shot turns are text; a pose prompt "
+                        "holds one signing. Use eval.shots=0.")
+    if dataset.direction != "gloss2text":
+        problems.append(f"dataset.direction={dataset.direction} with dataset.input=pose: the model reads signing and "
+                        "writes text; use dataset.direction=gloss2text.")
+    if dataset.format in ("parallel", "hub"):
+        problems.append(f"dataset.format={dataset.format} with dataset.input=pose: a pose corpus is a csv/tsv/jsonl "
+                        "file per split naming each example's pose file; use dataset.format=csv|tsv|jsonl.")
+    if "{source}" not in str(dataset.prompt):
+        problems.append(f"dataset.prompt={dataset.prompt!r} has no {{source}}: it marks where the signing (the soft "
+                        "tokens) goes in the prompt; add {source}.")
+    if pose.hidden % pose.heads:
+        problems.append(f"pose.hidden={pose.hidden} is not a multiple of pose.heads={pose.heads}: each head gets "
+                        "hidden / heads dimensions; e.g. pose.hidden=256 pose.heads=4.")
+    if not pose.parts:
+        problems.append("pose.parts is empty: name the components to read, e.g. "
+                        "pose.parts=[body,left_hand,right_hand].")
+    elif len(set(pose.parts)) != len(pose.parts):
+        problems.append(f"pose.parts={list(pose.parts)} names a part twice: list each once.")
+    if processes(cfg.hardware) > 1 and not cfg.eval.only:
+        problems.append(f"hardware={cfg.hardware.name} runs {processes(cfg.hardware)} processes, and "
+                        "dataset.input=pose trains in one for now: use a single-process profile (hardware=cpu / "
+                        "gpu_80gb).")
+    soft = -(-pose.max_frames // pose.downsample)
+    if soft >= cfg.train.max_length:
+        problems.append(f"pose.max_frames={pose.max_frames} / pose.downsample={pose.downsample} gives up to {soft} "
+                        f"soft tokens, not fewer than train.max_length={cfg.train.max_length}: no room for the "
+                        "translation; raise train.max_length or pose.downsample, or lower pose.max_frames.")
+    return problems
+
+
 def _seq2seq_problems(cfg: DictConfig) -> list[str]:
     """model.architecture=seq2seq: what the encoder-decoder path cannot do, or needs."""
     problems = []
@@ -261,9 +308,20 @@ def optimizer_steps(cfg: DictConfig, n_train: int) -> int:
     return math.ceil(math.ceil(n_train / batch) / accumulation * train.num_train_epochs)
 
 
-def data_problems(cfg: DictConfig, splits: dict) -> list[str]:
-    """The rules that need the corpus read: what the settings ask of the train split."""
+def data_problems(cfg: DictConfig, splits: dict, poses=None) -> list[str]:
+    """The rules that need the corpus read: what the settings ask of the train split (and, for a pose corpus,
+    ``poses``: of its longest sequence)."""
     problems = []
+    if poses is not None:
+        longest = poses.counts["pose_frames_max"]
+        soft = -(-min(longest, cfg.pose.max_frames) // cfg.pose.downsample)
+        if soft >= cfg.train.max_length:
+            problems.append(f"the longest pose has {longest} frames: {soft} soft tokens at pose.downsample="
+                            f"{cfg.pose.downsample}, not fewer than train.max_length={cfg.train.max_length}; raise "
+                            "train.max_length or pose.downsample, or lower pose.max_frames.")
+    elif cfg.dataset.format != "hub" and (named := pose_files_named(cfg.dataset, splits.get("train", ()))):
+        problems.append(f"dataset.input=gloss, but the {cfg.dataset.source_field!r} column names pose files ({named}): "
+                        "the model would read file names as gloss text; set dataset.input=pose.")
     n_train = len(splits.get("train", ()))
     if cfg.eval.only:
         if cfg.eval.shots > n_train:

@@ -21,6 +21,7 @@ ASLG = {  # ASLG-PC12 style: synthetic ASL gloss / lowercased English (Europarl)
 }
 H2S_SPLITS = {"train": "how2sign_realigned_train.csv", "dev": "how2sign_realigned_val.csv",
               "test": "how2sign_realigned_test.csv"}
+AS_GLOSS = ("dataset.input=gloss", "dataset.source_field=GLOSS")  # How2Sign read as gloss text (a column you add)
 H2S = {  # How2Sign style: English SENTENCE, plus the GLOSS column a user added
     "train": [("IX-1 SHOW YOU HOW TIE KNOT", 'I\'m going to show you how to tie a "bowline" knot.'),
               ("FIRST TAKE ROPE", "First, take the rope.")],
@@ -120,7 +121,7 @@ def write_h2s(folder: Path, times=("START_REALIGNED", "END_REALIGNED"), gloss=Tr
 @pytest.mark.parametrize("times", [("START_REALIGNED", "END_REALIGNED"), ("START", "END")])
 def test_how2sign_reads_the_realigned_files_with_a_gloss_column(tmp_path, times):
     folder = write_h2s(tmp_path / "h2s", times)
-    cfg = cfg_for(tmp_path, "dataset=how2sign", f"dataset.path={folder}")
+    cfg = cfg_for(tmp_path, "dataset=how2sign", *AS_GLOSS, f"dataset.path={folder}")
     assert (cfg.format, cfg.target_field, cfg.tokenize) == ("tsv", "SENTENCE", "13a")
     data, counts = load_splits(cfg)
     for split, rows in H2S.items():
@@ -131,14 +132,15 @@ def test_how2sign_reads_the_realigned_files_with_a_gloss_column(tmp_path, times)
 
 def test_how2sign_text2gloss_swaps_the_sides(tmp_path):
     folder = write_h2s(tmp_path / "h2s")
-    cfg = cfg_for(tmp_path, "dataset=how2sign", f"dataset.path={folder}", "dataset.direction=text2gloss")
+    cfg = cfg_for(tmp_path, "dataset=how2sign", *AS_GLOSS, f"dataset.path={folder}",
+                  "dataset.direction=text2gloss")
     data, _ = load_splits(cfg)
     assert pairs(data["test"]) == [("That's all there is to it.", "THAT ALL")]
 
 
 def test_how2sign_files_without_the_gloss_column_get_the_how2sign_hint(tmp_path):
-    folder = write_h2s(tmp_path / "h2s", gloss=False)  # the files as released
-    cfg = cfg_for(tmp_path, "dataset=how2sign", f"dataset.path={folder}")
+    folder = write_h2s(tmp_path / "h2s", gloss=False)  # the files as released, read as gloss text
+    cfg = cfg_for(tmp_path, "dataset=how2sign", *AS_GLOSS, f"dataset.path={folder}")
     with pytest.raises(DataError) as error:
         load_splits(cfg)
     message = str(error.value)
@@ -150,7 +152,7 @@ def test_how2sign_files_without_the_gloss_column_get_the_how2sign_hint(tmp_path)
 def test_how2sign_without_a_source_field_is_refused_before_reading(tmp_path):
     # no path either: the missing glosses are the problem to report first
     with pytest.raises(DataError) as error:
-        load_splits(cfg_for(tmp_path, "dataset=how2sign", "dataset.source_field=''"))
+        load_splits(cfg_for(tmp_path, "dataset=how2sign", "dataset.input=gloss", "dataset.source_field=''"))
     message = str(error.value)
     assert "dataset.source_field is not set" in message and "How2Sign ships no gloss column" in message
 
@@ -158,7 +160,8 @@ def test_how2sign_without_a_source_field_is_refused_before_reading(tmp_path):
 @pytest.mark.parametrize("column", ["SENTENCE_NAME", "START_REALIGNED", "SENTENCE"])
 def test_how2sign_ids_times_or_the_target_are_not_a_source(tmp_path, column):
     folder = write_h2s(tmp_path / "h2s")
-    cfg = cfg_for(tmp_path, "dataset=how2sign", f"dataset.path={folder}", f"dataset.source_field={column}")
+    cfg = cfg_for(tmp_path, "dataset=how2sign", "dataset.input=gloss", f"dataset.path={folder}",
+                  f"dataset.source_field={column}")
     with pytest.raises(DataError, match="How2Sign ships no gloss column") as error:
         load_splits(cfg)
     assert f"{column!r}" in str(error.value)
@@ -179,14 +182,15 @@ def write_isign(folder: Path, gloss: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("direction", ["gloss2text", "text2gloss"])
-def test_isign_is_refused_with_the_options(tmp_path, direction):
+def test_isign_read_as_gloss_text_is_refused_with_the_options(tmp_path, direction):
     folder = write_isign(tmp_path / "isign")
-    cfg = cfg_for(tmp_path, "dataset=isign", f"dataset.path={folder}", f"dataset.direction={direction}")
+    cfg = cfg_for(tmp_path, "dataset=isign", "dataset.input=gloss", "dataset.source_field=gloss",
+                  f"dataset.path={folder}", f"dataset.direction={direction}")
     with pytest.raises(DataError) as error:
         load_splits(cfg)
     message = str(error.value)
     assert "train.csv" in message and "['gloss'] not found" in message and "['uid', 'text']" in message
-    assert "iSign ships no gloss" in message and "pose" in message and "not supported yet" in message
+    assert "iSign ships no gloss" in message and "dataset.input=pose dataset.source_field=uid" in message
     assert "dataset=aslg_pc12" in message and "dataset.source_field=COLUMN" in message
 
 
@@ -194,7 +198,8 @@ def test_isign_is_refused_with_the_options(tmp_path, direction):
                                            ("''", "dataset.source_field is not set")])
 def test_isign_cannot_be_tricked_into_training_on_nothing(tmp_path, column, needle):
     folder = write_isign(tmp_path / "isign")
-    cfg = cfg_for(tmp_path, "dataset=isign", f"dataset.path={folder}", f"dataset.source_field={column}")
+    cfg = cfg_for(tmp_path, "dataset=isign", "dataset.input=gloss", f"dataset.path={folder}",
+                  f"dataset.source_field={column}")
     with pytest.raises(DataError) as error:
         load_splits(cfg)
     assert needle in str(error.value) and "iSign ships no gloss" in str(error.value)
@@ -202,7 +207,8 @@ def test_isign_cannot_be_tricked_into_training_on_nothing(tmp_path, column, need
 
 def test_isign_with_a_gloss_column_added_loads(tmp_path):
     folder = write_isign(tmp_path / "isign", gloss=True)
-    data, _ = load_splits(cfg_for(tmp_path, "dataset=isign", f"dataset.path={folder}"))
+    data, _ = load_splits(cfg_for(tmp_path, "dataset=isign", "dataset.input=gloss", "dataset.source_field=gloss",
+                                  f"dataset.path={folder}"))
     assert pairs(data["train"]) == [("YOU HOW", "How are you?"), ("I FINE", "I am fine.")]
 
 

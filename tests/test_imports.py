@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "slt_hydra"
 LAYERS = {
     0: {"errors", "schema", "metrics", "machine", "quiet"},  # leaves: no slt_hydra imports
     1: {"precision", "config", "data", "tracking"},  # CPU precision, the composed config, the corpora, MLflow
-    2: {"fewshot", "distributed"},
-    3: {"models"},  # find, load, quantize; LoRA description
+    2: {"fewshot", "distributed", "pose", "pose_model"},  # pose: keypoint files; pose_model: encoder, soft tokens
+    3: {"models", "pose_demo"},  # find, load, quantize; LoRA description | the synthetic pose corpus
     4: {"memory"},  # the planner's maths
     5: {"validate", "generation", "training"},
-    6: {"kinds", "kinds.base", "kinds.chat", "kinds.seq2seq"},  # one implementation per model kind
+    6: {"kinds", "kinds.base", "kinds.chat", "kinds.seq2seq", "kinds.pose"},  # one implementation per model kind
     7: {"run", "saved_run"},  # the story of one job; a trained run reloaded
     8: {"__main__", "translate", "merge", "plan", "score", "report"},  # command lines
 }
@@ -33,6 +33,9 @@ LAZY = {
     "mlflow": "a 2-3 s import; config errors and the planner end before anything is logged",
     "matplotlib": "only `report` draws plots",
     "rouge_score": "imports nltk (seconds); only scoring needs it",
+    # slt_hydra.extract runs in a venv of its own (mediapipe's, docs/pose.md) and says in one line what is
+    # missing there; pose.py reads keypoints only in pose runs
+    "pose_format": "extract names it when its venv lacks it; only dataset.input=pose reads keypoints",
     "readline": "changes input() for the whole process: only the interactive translate loop asks for it",
 }
 

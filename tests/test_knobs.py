@@ -28,7 +28,7 @@ FREE_TEXT = {
     "quant.name", "hardware.name", "hardware.deepspeed_config",
     "dataset.name", "dataset.path", "dataset.splits", "dataset.source_field", "dataset.target_field",
     "dataset.delimiter", "dataset.source_lang", "dataset.target_lang", "dataset.system_prompt", "dataset.prompt",
-    "dataset.hub_id", "dataset.hub_config", "dataset.hub_revision",
+    "dataset.hub_id", "dataset.hub_config", "dataset.hub_revision", "dataset.pose_dir",
     "generate.name", "eval.adapter", "eval.objective",  # eval.objective: validate.py (it depends on eval.splits)
     "mlflow.tracking_uri", "mlflow.experiment_name", "mlflow.run_name", "sweep.name", "cache_dir", "output_dir",
 }

@@ -13,7 +13,8 @@ ShotPicker = Callable[[str], Sequence[Example]]
 
 
 class ModelKind:
-    """The interface; the implementations are ChatLLM (kinds/chat.py) and Seq2SeqLM (kinds/seq2seq.py)."""
+    """The interface; the implementations are ChatLLM (kinds/chat.py), Seq2SeqLM (kinds/seq2seq.py) and PoseLLM
+    (kinds/pose.py)."""
 
     name = ""  # the run's `architecture` tag and model.architecture's value
     auto_class = ""  # the transformers class that loads a merged model of this kind
@@ -35,6 +36,10 @@ class ModelKind:
                 evaluate_dev: bool, callbacks: list):
         """The Trainer, with the lora group's adapter attached, on the train split (and dev, if evaluated)."""
         raise NotImplementedError
+
+    def after_training(self, trainer, train_seconds: float) -> dict[str, float]:
+        """Metrics of this kind's own beyond the common ones (training.train_and_measure), once trained."""
+        return {}
 
     def translate(self, cfg: DictConfig, model, tokenizer, sources: Sequence[str], batch_size: int,
                   shots_for: ShotPicker | None = None, on_batch: Callable[[int], None] | None = None) -> list[str]:

@@ -1,0 +1,70 @@
+"""The pose path end to end, as `python -m slt_hydra` subprocesses on the tiny real model and the synthetic pose
+corpus (dataset=demo_pose): a 2-job sweep over the encoder's downsampling (MLflow parent and children, adapter +
+encoder saved, predictions), and a QLoRA run whose saved adapter and encoder reload for eval.only."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from conftest import run_app, tiny_args
+
+
+def pose_args(model: Path, *extra: str) -> list[str]:
+    return tiny_args(model, "+experiment=pose_quick", "dataset.max_train_samples=16", "dataset.max_eval_samples=4",
+                     "train.num_train_epochs=1", "mlflow.experiment_name=pose_test", *extra)
+
+
+def runs_of(tmp_path: Path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("pose_test").experiment_id], max_results=50)
+
+
+def predictions(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pose_sweep_over_downsampling_logs_children_and_saves_adapter_and_encoder(tiny_model, tmp_path):
+    result = run_app(["--multirun", *pose_args(tiny_model, "pose.downsample=2,4", "pose.hidden=32", "pose.heads=2",
+                                               f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
+    children = {r.data.params["pose.downsample"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"2", "4"} and parent.data.metrics["jobs_succeeded"] == 2
+    for child in children.values():
+        assert child.info.status == "FINISHED"
+        tags, metrics = child.data.tags, child.data.metrics
+        assert tags["input"] == "pose" and tags["pose_layout"] == "holistic" and tags["pose_feature_dim"] == "150"
+        assert int(tags["pose_encoder_params"]) > 0 and child.data.params["pose.hidden"] == "32"
+        assert metrics["data_pose_files"] == 16 + 4 + 4 and metrics["data_pose_frames_max"] > 0
+        assert metrics["train_frames"] > 0 and metrics["train_frames_per_second"] > 0
+        assert {"test_bleu4", "test_chrf", "test_rougeL", "zeroshot_test_bleu4"} <= set(metrics)
+    for job, downsample in (("0", 2), ("1", 4)):
+        adapter = tmp_path / "sweep" / job / "adapter"
+        settings = json.loads((adapter / "pose_encoder.json").read_text())
+        assert settings["downsample"] == downsample and settings["feature_dim"] == 150 and settings["hidden"] == 32
+        assert "pose_encoder" in " ".join(json.loads((adapter / "adapter_config.json").read_text())["modules_to_save"])
+        rows = predictions(tmp_path / "sweep" / job / "predictions_test.csv")
+        assert len(rows) == 4 and rows[0]["source"].startswith("test_")
+
+
+def test_qlora_pose_run_reloads_its_adapter_and_encoder_for_evaluation(tiny_model, tmp_path):
+    trained = run_app(pose_args(tiny_model, "quant=4bit", "generate.max_new_tokens=8",
+                                f"hydra.run.dir={tmp_path / 'trained'}"), tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    adapter = tmp_path / "trained" / "adapter"
+    again = run_app(pose_args(tiny_model, "quant=4bit", "generate.max_new_tokens=8", "eval.only=true",
+                              f"eval.adapter={adapter}", f"hydra.run.dir={tmp_path / 'again'}"), tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = predictions(tmp_path / "trained" / "predictions_test.csv")
+    second = predictions(tmp_path / "again" / "predictions_test.csv")
+    assert [r["hypothesis"] for r in first] == [r["hypothesis"] for r in second]  # the trained encoder came back
+    # an adapter reloaded without its encoder settings is refused, naming the file
+    (adapter / "pose_encoder.json").unlink()
+    broken = run_app(pose_args(tiny_model, "quant=4bit", "eval.only=true", f"eval.adapter={adapter}"), tmp_path)
+    assert broken.returncode != 0 and "pose_encoder.json" in broken.stderr
