@@ -19,7 +19,7 @@ LAYERS = {
     5: {"validate", "generation", "training"},
     6: {"kinds", "kinds.base", "kinds.chat", "kinds.seq2seq", "kinds.pose"},  # one implementation per model kind
     7: {"run", "saved_run"},  # the story of one job; a trained run reloaded
-    8: {"__main__", "translate", "merge", "plan", "score", "report"},  # command lines
+    8: {"__main__", "translate", "merge", "plan", "score", "report", "extract"},  # command lines
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 
@@ -36,6 +36,8 @@ LAZY = {
     # slt_hydra.extract runs in a venv of its own (mediapipe's, docs/pose.md) and says in one line what is
     # missing there; pose.py reads keypoints only in pose runs
     "pose_format": "extract names it when its venv lacks it; only dataset.input=pose reads keypoints",
+    "simple_video_utils": "pose-format's video reader: only extract reads video, in its own venv",
+    "tqdm": "extract's progress bar, in its own venv",
     "readline": "changes input() for the whole process: only the interactive translate loop asks for it",
 }
 
