@@ -233,6 +233,34 @@ def load_causal_lm(cfg: DictConfig, source: ModelSource):
     return model, tokenizer
 
 
+def cpu_4bit_inference_packing(model, enabled: bool) -> int:
+    """Allow or forbid bitsandbytes' AVX512-BF16 repacking of 4-bit weights on CPU; returns the layers touched.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weights for its fused CPU kernel the first time the layer runs in eval
+    mode without gradients (our zero-shot translation and dev loss), and from then on every forward, training
+    included, goes through that kernel, which has no backward: the gradient through the frozen 4-bit weights is
+    dropped (torch says so: "gemv_4bit: an autograd kernel was not registered"), so LoRA layers below the last
+    one learn from a wrong gradient. A job that trains forbids it until training ends; repacked weights are
+    unpacked first. Translation after training may use the fast kernel again."""
+    touched = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        if not enabled:
+            state = getattr(module.weight, "quant_state", None)
+            if getattr(state, "packing_format_for_cpu", False):
+                from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, state)
+            module._slt_avx512bf16 = module.support_avx512bf16_for_cpu  # what bitsandbytes found on this CPU
+            module.support_avx512bf16_for_cpu = False
+        else:
+            module.support_avx512bf16_for_cpu = getattr(module, "_slt_avx512bf16", module.support_avx512bf16_for_cpu)
+        touched += 1
+    return touched
+
+
 def load_seq2seq_lm(cfg: DictConfig, source: ModelSource):
     """Tokenizer + AutoModelForSeq2SeqLM (T5, NLLB) at the configured precision/quantization.
 

@@ -26,7 +26,7 @@ from slt_hydra.kinds import kind_for
 from slt_hydra.machine import Machine, detect_machine, peak_memory_gb, reset_peak_memory
 from slt_hydra.memory import estimate_memory_gb, resolve_auto_quant
 from slt_hydra.metrics import SCORES, score_corpus
-from slt_hydra.models import ModelSource, locate_model
+from slt_hydra.models import ModelSource, cpu_4bit_inference_packing, locate_model
 from slt_hydra.pose import PoseCorpus, load_pose_corpus
 from slt_hydra.pose_demo import write_pose_demo
 from slt_hydra.pose_model import load_encoder_settings
@@ -184,6 +184,8 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     note_cpu_4bit_kernels(cfg.quant.load_in_4bit, cfg.hardware.device, prepared.machine.cpu_bf16)
     t = time.perf_counter()
     model, tokenizer = kind.load(cfg, prepared.source)
+    if not cfg.eval.only:  # bitsandbytes' CPU inference packing drops the gradient (models.py says how)
+        cpu_4bit_inference_packing(model, enabled=False)
     mlflow.log_metric("model_load_seconds", time.perf_counter() - t)
     mlflow.set_tags({"param_count": str(sum(p.numel() for p in model.parameters())), **kind.tags(cfg, model)})
     mlflow.log_metric("model_memory_gb", model.get_memory_footprint() / 2**30)  # weights as really held
@@ -261,6 +263,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     log_metrics(truncation_counts(trainer, len(splits["train"]), cfg.train.max_length))
     train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
+    cpu_4bit_inference_packing(trainer.model, enabled=True)  # training is over: translation may use it
     log_metrics(kind.after_training(trainer, logged["train_seconds"]))
 
     # The adapter (or the full model, without LoRA) and its tokenizer. Saved before translating: in several

@@ -38,6 +38,7 @@ LAZY = {
     "pose_format": "extract names it when its venv lacks it; only dataset.input=pose reads keypoints",
     "simple_video_utils": "pose-format's video reader: only extract reads video, in its own venv",
     "tqdm": "extract's progress bar, in its own venv",
+    "bitsandbytes": "imports torch; only a 4-bit run on CPU reaches the weight unpacking",
     "readline": "changes input() for the whole process: only the interactive translate loop asks for it",
 }
 
