@@ -67,6 +67,7 @@ from slt_hydra.config import load_option, translation_batch_size, weights_kind
 from slt_hydra.distributed import processes
 from slt_hydra.machine import Machine
 from slt_hydra.models import FAMILY_MODULE_NAMES, model_target_modules
+from slt_hydra.pose import planned_feature_dim
 
 log = logging.getLogger("slt_hydra")
 
@@ -225,6 +226,18 @@ def lora_targets(arch: Arch, target_modules: Any, mats: list[Linear] | None = No
     matched = [m for m in mats if m.is_linear and m.name.split(".")[-1] in names]
     found = {m.name.split(".")[-1] for m in matched}
     return matched, [n for n in names if n not in found]
+
+
+def pose_encoder_param_count(pose_cfg: Any, feature_dim: int, out_dim: int) -> int:
+    """Parameters of slt_hydra/pose_model.py's encoder (frame embedding + LayerNorm, strided convolution, learned
+    positions, transformer layers with 4x feed-forward, two-layer projector), without building it."""
+    h, ds = int(pose_cfg.hidden), int(pose_cfg.downsample)
+    frame = feature_dim * h + h + 2 * h
+    merge = h * h * ds + h
+    positions = -(-int(pose_cfg.max_frames) // ds) * h
+    layer = 4 * h * h + 4 * h + 2 * (4 * h * h) + 4 * h + h + 4 * h  # attention, feed-forward, two LayerNorms
+    project = h * out_dim + out_dim + out_dim * out_dim + out_dim
+    return frame + merge + positions + int(pose_cfg.layers) * layer + project
 
 
 def lora_param_count(arch: Arch, lora_cfg: Any) -> int:
@@ -436,6 +449,13 @@ def plan_memory(cfg: DictConfig, machine: Machine | None = None) -> Plan:
         grads, optim = pc.total * wb, pc.total * (2.0 if eight_bit_optim else 2.0 * wb)
         grad_how = f"full fine-tuning: {kind}"
         optim_how = "8-bit AdamW: 2 B/param" if eight_bit_optim else f"AdamW moments in {kind}: {2 * wb} B/param"
+    if cfg.dataset.get("input", "gloss") == "pose":  # the pose encoder: fp32, trained fully (modules_to_save)
+        enc_n = pose_encoder_param_count(cfg.pose, planned_feature_dim(cfg.pose), arch.hidden)
+        rows.append(Row(f"pose encoder ({enc_n / 1e6:.1f}M params)", enc_n * 4,
+                        f"hidden {cfg.pose.hidden}, {cfg.pose.layers} layers, projector to {arch.hidden}; fp32"))
+        if training:
+            grads, optim = grads + enc_n * 4.0, optim + enc_n * 8.0
+            optim_how += " (+ the pose encoder's, AdamW fp32: 8 B/param)"
     if training:
         rows.append(Row("optimizer state", optim, optim_how))
     world, strategy = data_parallel(hw)

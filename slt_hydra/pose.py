@@ -72,6 +72,14 @@ def _settings(pose_cfg: Any) -> Dict[str, Any]:
             for key in ("layout", "parts", "dims", "normalize", "max_frames", "on_long", "on_nonfinite", "fps")}
 
 
+def planned_feature_dim(pose_cfg: Any) -> int:
+    """Values per frame that pose.parts and pose.dims give, before a file is read (layout auto: the larger,
+    holistic): for the memory planner."""
+    layout = "holistic" if pose_cfg.layout == "auto" else pose_cfg.layout
+    points = {part: count for part, _, count in COMPONENTS[layout]}
+    return sum(points[part] for part in pose_cfg.parts) * int(pose_cfg.dims)
+
+
 def pose_path(dataset_cfg: Any, pose_id: str) -> Path:
     """Where the pose of ``pose_id`` is: dataset.pose_dir (relative to dataset.path) / id + the format's suffix."""
     root = _expand(dataset_cfg.path)

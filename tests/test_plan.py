@@ -96,6 +96,22 @@ def test_memory_grows_with_batch_and_shrinks_with_checkpointing():
     assert total("lora=large") > total("lora=small")
 
 
+@pytest.mark.parametrize("overrides", [[], ["pose.hidden=64", "pose.layers=0", "pose.downsample=2", "pose.dims=3",
+                                              "pose.parts=[body,face,left_hand,right_hand]"]])
+def test_the_planner_counts_the_pose_encoder_as_built(overrides):
+    from slt_hydra.pose import planned_feature_dim
+    from slt_hydra.pose_model import build_encoder, encoder_settings
+
+    cfg = composed("dataset=demo_pose", *overrides)
+    width = planned_feature_dim(cfg.pose)
+    built = build_encoder(encoder_settings(cfg.pose, width, 576, "holistic"))
+    assert memory.pose_encoder_param_count(cfg.pose, width, 576) == sum(p.numel() for p in built.parameters())
+    gloss, pose = memory.plan_memory(composed()), memory.plan_memory(cfg)  # SmolLM2-135M, hidden 576
+    (row,) = [r for r in pose.rows if r.what.startswith("pose encoder")]
+    assert row.bytes == 4 * memory.pose_encoder_param_count(cfg.pose, width, 576)
+    assert pose.total_gb > gloss.total_gb and not any(r.what.startswith("pose encoder") for r in gloss.rows)
+
+
 def run_plan(*overrides: str, cwd) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "slt_hydra.plan", *overrides], cwd=cwd, capture_output=True,
