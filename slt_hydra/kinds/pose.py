@@ -106,7 +106,9 @@ class PoseLLM(ChatLLM):
         parts = PromptParts(tokenizer, cfg.dataset)
         kwargs = generation_kwargs(cfg.generate, pad_token_id=tokenizer.pad_token_id)
         with precision_autocast(cfg.hardware):
-            return translate_poses(model, parts, [self.corpus.features[s] for s in sources], cfg.pose.downsample,
+            # the encoder's own downsampling: a reloaded adapter's (pose_encoder.json), whatever pose.* says now
+            downsample = (self.settings or {}).get("downsample", cfg.pose.downsample)
+            return translate_poses(model, parts, [self.corpus.features[s] for s in sources], downsample,
                                    kwargs, batch_size, on_batch)
 
     def attach_adapter(self, model, adapter_dir: Path):
