@@ -68,6 +68,7 @@ from slt_hydra.distributed import processes
 from slt_hydra.machine import Machine
 from slt_hydra.models import FAMILY_MODULE_NAMES, model_target_modules
 from slt_hydra.pose import planned_feature_dim
+from slt_hydra.pose_model import soft_tokens
 
 log = logging.getLogger("slt_hydra")
 
@@ -234,7 +235,7 @@ def pose_encoder_param_count(pose_cfg: Any, feature_dim: int, out_dim: int) -> i
     h, ds = int(pose_cfg.hidden), int(pose_cfg.downsample)
     frame = feature_dim * h + h + 2 * h
     merge = h * h * ds + h
-    positions = -(-int(pose_cfg.max_frames) // ds) * h
+    positions = soft_tokens(int(pose_cfg.max_frames), ds) * h
     layer = 4 * h * h + 4 * h + 2 * (4 * h * h) + 4 * h + h + 4 * h  # attention, feed-forward, two LayerNorms
     project = h * out_dim + out_dim + out_dim * out_dim + out_dim
     return frame + merge + positions + int(pose_cfg.layers) * layer + project

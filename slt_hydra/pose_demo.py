@@ -93,7 +93,7 @@ def _gloss_sign(gloss: str) -> dict:
         shape[first + 1:last] = shape[first] + (shape[first + 1:last] - shape[first]) * (1 - 0.8 * curl)
     start = np.array(_LOCATIONS[location])
     return {"start": start, "end": start + np.array(_MOVES[move]), "arc": 0.1, "shape": shape, "turn": 0.3,
-            "two_handed": bool(two_handed), "length": 1.0}
+            "two_handed": bool(two_handed)}
 
 
 def render(glosses: list[str], rng: np.random.Generator) -> np.ndarray:

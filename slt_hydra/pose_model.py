@@ -219,17 +219,17 @@ def translate_poses(model, parts: PromptParts, poses: Sequence[Any], downsample:
     device = next(model.parameters()).device
     embed = model.get_input_embeddings()
     encoder = pose_encoder_of(model)
-    prefix = torch.tensor(parts.prefix, device=device)
-    suffix = torch.tensor(parts.suffix, device=device)
+    with torch.inference_mode():  # the chat turn around the soft tokens, the same in every prompt: embedded once
+        prefix = embed(torch.tensor(parts.prefix, device=device))
+        suffix = embed(torch.tensor(parts.suffix, device=device))
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             frames, frame_mask = pose_batch([poses[i] for i in batch], downsample)
             with torch.inference_mode():
                 encoded, steps = encoder(frames.to(device), frame_mask.to(device))
-                rows = []
-                for row, keep in zip(encoded, steps):
-                    rows.append(torch.cat([embed(prefix), row[keep].to(embed.weight.dtype), embed(suffix)]))
+                rows = [torch.cat([prefix, row[keep].to(embed.weight.dtype), suffix])
+                        for row, keep in zip(encoded, steps)]
                 width = max(len(r) for r in rows)
                 embeds = torch.zeros(len(rows), width, rows[0].shape[1], dtype=rows[0].dtype, device=device)
                 mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)

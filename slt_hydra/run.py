@@ -62,7 +62,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     if cfg.dataset.input == "pose":
         poses = load_pose_corpus(cfg.dataset, cfg.pose, splits)
         counts.update(poses.counts)
-    if problems := validate.data_problems(cfg, splits, poses):
+    if problems := validate.data_problems(cfg, splits):
         raise SetupError("this experiment cannot run on this corpus as configured:\n  - " + "\n  - ".join(problems))
     if cfg.eval.adapter and not (Path(cfg.eval.adapter).expanduser() / "adapter_config.json").is_file():
         raise SetupError(f"eval.adapter={cfg.eval.adapter} is not a LoRA adapter directory (no adapter_config.json):"

@@ -20,6 +20,7 @@ from slt_hydra.machine import Machine, cpu_flags, has_native_bf16
 from slt_hydra.metrics import SCORES
 from slt_hydra.models import LANG_CODES, language_codes
 from slt_hydra.pose import pose_files_named
+from slt_hydra.pose_model import soft_tokens
 from slt_hydra.schema import out_of_range
 from slt_hydra.tracking import SECRET_KEY
 
@@ -246,7 +247,7 @@ def _pose_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"hardware={cfg.hardware.name} runs {processes(cfg.hardware)} processes, and "
                         "dataset.input=pose trains in one for now: use a single-process profile (hardware=cpu / "
                         "gpu_80gb).")
-    soft = -(-pose.max_frames // pose.downsample)
+    soft = soft_tokens(pose.max_frames, pose.downsample)
     if soft >= cfg.train.max_length:
         problems.append(f"pose.max_frames={pose.max_frames} / pose.downsample={pose.downsample} gives up to {soft} "
                         f"soft tokens, not fewer than train.max_length={cfg.train.max_length}: no room for the "
@@ -308,18 +309,12 @@ def optimizer_steps(cfg: DictConfig, n_train: int) -> int:
     return math.ceil(math.ceil(n_train / batch) / accumulation * train.num_train_epochs)
 
 
-def data_problems(cfg: DictConfig, splits: dict, poses=None) -> list[str]:
-    """The rules that need the corpus read: what the settings ask of the train split (and, for a pose corpus,
-    ``poses``: of its longest sequence)."""
+def data_problems(cfg: DictConfig, splits: dict) -> list[str]:
+    """The rules that need the corpus read: what the settings ask of the train split. (A pose corpus's soft tokens
+    need no rule here: no sequence is kept longer than pose.max_frames, which check() holds to train.max_length.)"""
     problems = []
-    if poses is not None:
-        longest = poses.counts["pose_frames_max"]
-        soft = -(-min(longest, cfg.pose.max_frames) // cfg.pose.downsample)
-        if soft >= cfg.train.max_length:
-            problems.append(f"the longest pose has {longest} frames: {soft} soft tokens at pose.downsample="
-                            f"{cfg.pose.downsample}, not fewer than train.max_length={cfg.train.max_length}; raise "
-                            "train.max_length or pose.downsample, or lower pose.max_frames.")
-    elif cfg.dataset.format != "hub" and (named := pose_files_named(cfg.dataset, splits.get("train", ()))):
+    if (cfg.dataset.input == "gloss" and cfg.dataset.format != "hub"
+            and (named := pose_files_named(cfg.dataset, splits.get("train", ())))):
         problems.append(f"dataset.input=gloss, but the {cfg.dataset.source_field!r} column names pose files ({named}): "
                         "the model would read file names as gloss text; set dataset.input=pose.")
     n_train = len(splits.get("train", ()))
