@@ -1,6 +1,7 @@
 """Shared fixtures: compose configs like the app does, a tiny real model, and a subprocess runner."""
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -101,3 +102,31 @@ def tiny_args(model_dir: Path, *extra: str) -> list[str]:
         "generate.max_new_tokens=6", "hardware=cpu", "hardware.per_device_train_batch_size=4",
         *extra,
     ]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A CSV a run wrote (predictions, reports) as one dict per row."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def client_for(tmp_path: Path):
+    """The MLflow client of the store `app_env` points a test's subprocesses at (mlflow imported only here)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def all_runs(tmp_path: Path, experiment: str = "slt_hydra"):
+    client = client_for(tmp_path)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], max_results=100)
+
+
+def sweep_parent_and_children(runs) -> tuple:
+    """The one sweep parent run among ``runs`` and its child runs."""
+    parents = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
+    assert len(parents) == 1, f"{len(parents)} sweep parent runs"
+    parent = parents[0]
+    return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

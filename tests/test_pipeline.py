@@ -5,33 +5,15 @@ real thing in seconds. One slow test runs the real SmolLM2-135M-Instruct.
 """
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_app, tiny_args
+from conftest import all_runs, client_for, read_rows, run_app, sweep_parent_and_children, tiny_args
 from slt_hydra.machine import detect_machine
 
 CANARY = "hf_CanaryTokenThatMustNeverBeLogged0123456789"
-
-
-def client_for(tmp_path: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-
-def all_runs(tmp_path: Path, experiment: str = "slt_hydra"):
-    client = client_for(tmp_path)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment!r}"
-    return client.search_runs([exp.experiment_id], max_results=100)
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
@@ -123,10 +105,7 @@ def test_multirun_makes_one_parent_and_a_child_per_job(tiny_model, tmp_path):
                                                f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(tmp_path)
-    parents = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
-    assert len(parents) == 1
-    parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children = sweep_parent_and_children(runs)
     assert len(children) == 4 and len(runs) == 5
     assert {(c.data.params["quant.name"], c.data.params["lora.r"]) for c in children} == {
         ("none", "4"), ("none", "8"), ("8bit", "4"), ("8bit", "8")}
@@ -143,9 +122,8 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tiny_model, tmp_path):
                                                f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(tmp_path)
-    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
-    children = {(r.data.params["quant.name"], r.data.params["lora.target_modules"]): r
-                for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    parent, jobs = sweep_parent_and_children(runs)
+    children = {(r.data.params["quant.name"], r.data.params["lora.target_modules"]): r for r in jobs}
     assert len(children) == 4
     ok = children[("none", "['q_proj']")]
     assert ok.info.status == "FINISHED" and "test_bleu4" in ok.data.metrics
@@ -188,9 +166,8 @@ def test_evaluation_only_with_k_shots_scores_an_adapter_without_training(tiny_mo
                                                f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(tmp_path)
-    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
-    children = {r.data.params["eval.shots"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    parent, jobs = sweep_parent_and_children(runs)
+    children = {r.data.params["eval.shots"]: r for r in jobs}
     assert set(children) == {"0", "2"}
     for shots, child in children.items():
         assert child.info.status == "FINISHED" and child.data.tags["mode"] == "eval_only"

@@ -3,13 +3,10 @@ corpus (dataset=demo_pose): a 2-job sweep over the encoder's downsampling (MLflo
 encoder saved, predictions), and a QLoRA run whose saved adapter and encoder reload for eval.only."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from conftest import run_app, tiny_args
+from conftest import all_runs, read_rows, run_app, sweep_parent_and_children, tiny_args
 
 
 def pose_args(model: Path, *extra: str) -> list[str]:
@@ -17,24 +14,12 @@ def pose_args(model: Path, *extra: str) -> list[str]:
                      "train.num_train_epochs=1", "mlflow.experiment_name=pose_test", *extra)
 
 
-def runs_of(tmp_path: Path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client.search_runs([client.get_experiment_by_name("pose_test").experiment_id], max_results=50)
-
-
-def predictions(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_pose_sweep_over_downsampling_logs_children_and_saves_adapter_and_encoder(tiny_model, tmp_path):
     result = run_app(["--multirun", *pose_args(tiny_model, "pose.downsample=2,4", "pose.hidden=32", "pose.heads=2",
                                                f"hydra.sweep.dir={tmp_path / 'sweep'}")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = runs_of(tmp_path)
-    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
-    children = {r.data.params["pose.downsample"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    parent, jobs = sweep_parent_and_children(all_runs(tmp_path, "pose_test"))
+    children = {r.data.params["pose.downsample"]: r for r in jobs}
     assert set(children) == {"2", "4"} and parent.data.metrics["jobs_succeeded"] == 2
     for child in children.values():
         assert child.info.status == "FINISHED"
@@ -49,7 +34,7 @@ def test_pose_sweep_over_downsampling_logs_children_and_saves_adapter_and_encode
         settings = json.loads((adapter / "pose_encoder.json").read_text())
         assert settings["downsample"] == downsample and settings["feature_dim"] == 150 and settings["hidden"] == 32
         assert "pose_encoder" in " ".join(json.loads((adapter / "adapter_config.json").read_text())["modules_to_save"])
-        rows = predictions(tmp_path / "sweep" / job / "predictions_test.csv")
+        rows = read_rows(tmp_path / "sweep" / job / "predictions_test.csv")
         assert len(rows) == 4 and rows[0]["source"].startswith("test_")
 
 
@@ -61,8 +46,8 @@ def test_qlora_pose_run_reloads_its_adapter_and_encoder_for_evaluation(tiny_mode
     again = run_app(pose_args(tiny_model, "quant=4bit", "generate.max_new_tokens=8", "eval.only=true",
                               f"eval.adapter={adapter}", f"hydra.run.dir={tmp_path / 'again'}"), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    first = predictions(tmp_path / "trained" / "predictions_test.csv")
-    second = predictions(tmp_path / "again" / "predictions_test.csv")
+    first = read_rows(tmp_path / "trained" / "predictions_test.csv")
+    second = read_rows(tmp_path / "again" / "predictions_test.csv")
     assert [r["hypothesis"] for r in first] == [r["hypothesis"] for r in second]  # the trained encoder came back
     # an adapter reloaded without its encoder settings is refused, naming the file
     (adapter / "pose_encoder.json").unlink()

@@ -2,7 +2,6 @@
 named sweep experiments (composed and expanded, not run)."""
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 
-from conftest import CONF, app_env, compose_config, run_app, tiny_args
+from conftest import CONF, app_env, compose_config, read_rows, run_app, sweep_parent_and_children, tiny_args
 from slt_hydra import report
 
 PLOTS = ["bleu4_vs_peak_memory.png", "bleu4_vs_train_time.png", "training_loss.png"]
@@ -24,16 +23,10 @@ def store(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def sweep_runs(folder: Path):
     client = MlflowClient(store(folder))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    (parent,) = [r for r in runs if r.data.tags.get("slt.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children = sweep_parent_and_children(runs)
     return client, parent, children
 
 

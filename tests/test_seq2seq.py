@@ -3,7 +3,6 @@ real encoder-decoders built here (random weights; tokenizers trained in well und
 since nothing can come from the Hub)."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, app_env, compose_config, run_app, tiny_args
+from conftest import ROOT, app_env, compose_config, read_rows, run_app, tiny_args
 from slt_hydra import memory, validate
 from slt_hydra.machine import Machine
 
@@ -98,11 +97,6 @@ def seq2seq_args(model_dir: Path, family: str, *extra: str, dev_loss: bool = Tru
     """tiny_args for an encoder-decoder; dev_loss: evaluate it before and after the 2 steps."""
     evaluate = ["train.eval_strategy=steps", "train.eval_steps=2"] if dev_loss else []
     return tiny_args(model_dir, "model.architecture=seq2seq", f"model.family={family}", *evaluate, *extra)
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def only_run(tmp_path: Path):
