@@ -7,7 +7,8 @@ The base is loaded unquantized in ``--dtype`` (float32 by default), also when th
 on 4-bit or 8-bit weights: a LoRA update cannot be folded into bitsandbytes-quantized weights, so it is
 folded into the original weights instead. The result loads with ``AutoModelForCausalLM.from_pretrained``
 (``AutoModelForSeq2SeqLM`` for T5/NLLB runs) alone (no PEFT, no bitsandbytes) and keeps the tokenizer's chat
-template (seq2seq: the source prefix, in config.json).
+template (seq2seq: the source prefix, in config.json). A pose run's trained encoder is saved beside it
+(pose_encoder.safetensors + pose_encoder.json; ``slt_hydra.pose_model.load_merged_encoder`` loads it).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from slt_hydra.errors import CliError, SetupError, report_error
 from slt_hydra.kinds import kind_for
 from slt_hydra.models import locate_model
+from slt_hydra.pose_model import load_encoder_settings, save_merged_encoder
 from slt_hydra.saved_run import add_run_arguments, load_tokenizer_like_run, quiet_loading, resolve_run
 
 PROG = "python -m slt_hydra.merge"
@@ -100,16 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         merged, tokenizer, note = merge(run, args.dtype)
         if note:
             print(f"note: {note}")
+        encoder = getattr(merged, "pose_encoder", None)  # a pose run's trained encoder: saved beside, not inside
+        if encoder is not None:
+            del merged.pose_encoder
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             merged.save_pretrained(str(args.out))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(args.out))  # with its chat template (chat_template.jinja)
+            if encoder is not None:
+                save_merged_encoder(encoder.to(merged.dtype), args.out, load_encoder_settings(run.adapter_dir))
         except OSError as error:
             raise CliError(f"--out {args.out}: cannot write ({error})") from error
         out = args.out.resolve()
         params = sum(p.numel() for p in merged.parameters())
         print(f"merged model ({params / 1e6:.1f}M parameters, {args.dtype}, safetensors) and tokenizer "
               f"written to {out}")
+        if encoder is not None:
+            print(f"pose encoder ({sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters) written "
+                  "beside it: pose_encoder.safetensors, pose_encoder.json")
         kind = kind_for(run.cfg)
         print("load it with plain transformers (no PEFT, no bitsandbytes):\n"
               f"    from transformers import {kind.auto_class}, AutoTokenizer\n"

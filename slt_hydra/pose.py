@@ -280,6 +280,65 @@ def load_pose_corpus(dataset_cfg: Any, pose_cfg: Any, splits: Mapping[str, Seque
     return PoseCorpus(out, expected[1], expected[0], expected[1] // settings["dims"], counts)
 
 
+# --------------------------------------------------------------------------- pose files named on a command line
+
+
+def pose_inputs(paths: Sequence[Path]) -> List[Tuple[str, Path, str]]:
+    """(id, path, format) of each pose named: a .pose/.npy/.npz file, an OpenPose JSON folder (one file per frame),
+    or a folder of those (sorted by name). The id is the file's stem or the folder's name."""
+    found: List[Tuple[str, Path, str]] = []
+
+    def one(path: Path) -> Tuple[str, Path, str] | None:
+        fmt = {suffix: fmt for fmt, suffix in SUFFIX.items() if suffix}.get(path.suffix)
+        if path.is_file() and fmt:
+            return path.stem, path, fmt
+        if path.is_dir() and any(path.glob("*.json")):
+            return path.name, path, "openpose_json"
+        return None
+
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        item = one(path)
+        if item is None and path.is_dir():
+            inside = [item for child in sorted(path.iterdir()) if (item := one(child))]
+            if not inside:
+                raise DataError(f"{path} holds no pose: no .pose, .npy or .npz file and no folder of OpenPose "
+                                "*.json frames")
+            found.extend(inside)
+        elif item is None:
+            raise DataError(f"{path} is not a pose: give a .pose, .npy or .npz file, a folder of OpenPose *.json "
+                            "frames, or a folder of those")
+        else:
+            found.append(item)
+    ids = [name for name, _, _ in found]
+    twice = sorted({name for name in ids if ids.count(name) > 1})
+    if twice:
+        raise DataError(f"two poses share the name {twice[0]!r} (e.g. {twice[0]}.pose and {twice[0]}.npy): the "
+                        "translations are keyed by name; translate them separately")
+    return found
+
+
+def read_pose_inputs(items: Sequence[Tuple[str, Path, str]], pose_settings: Mapping[str, Any]) -> PoseCorpus:
+    """Read and check the poses that ``pose_inputs`` found, as a run with these pose settings reads its corpus
+    (an adapter's pose_encoder.json and the run's pose group: parts, dims, normalize, max_frames, ...)."""
+    settings = _settings(pose_settings)
+    counts = {"pose_files": 0, "pose_frames_total": 0, "pose_frames_max": 0, "pose_nonfinite_frames_dropped": 0,
+              "pose_truncated": 0}
+    out: Dict[str, np.ndarray] = {}
+    layout = ""
+    for name, path, fmt in items:
+        pose = read_pose(path, fmt, settings["layout"], settings["fps"])
+        out[name] = features(pose, path, settings, counts)
+        layout = layout or layout_of(pose, path)
+        counts["pose_files"] += 1
+    widths = {array.shape[1] for array in out.values()}
+    if len(widths) > 1:
+        raise DataError(f"the poses give {sorted(widths)} values per frame: they differ in keypoints or dims")
+    (width,) = widths
+    return PoseCorpus(out, width, layout, width // settings["dims"], counts)
+
+
 def pose_files_named(dataset_cfg: Any, examples: Sequence[Example], sample: int = 5) -> str | None:
     """The first pose file that the first ``sample`` sources all name (a pose corpus read as gloss text), or None."""
     if not examples or not dataset_cfg.get("path") or str(dataset_cfg.path) == "???":

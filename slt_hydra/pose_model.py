@@ -28,6 +28,7 @@ from slt_hydra.errors import SetupError
 
 PLACEHOLDER = "<|pose|>"  # stands for the soft tokens in the rendered prompt; never tokenized
 ENCODER_FILE = "pose_encoder.json"  # beside the adapter: what the encoder was built with and reads
+ENCODER_WEIGHTS = "pose_encoder.safetensors"  # beside a merged model (slt_hydra.merge): the trained encoder
 
 
 def soft_tokens(frames: int, downsample: int) -> int:
@@ -257,3 +258,27 @@ def load_encoder_settings(directory: Path) -> Dict[str, Any]:
         raise SetupError(f"{path} is missing: {directory} was not saved by a pose-input run (dataset.input=pose); "
                          "point eval.adapter at the adapter/ folder of one")
     return json.loads(path.read_text())
+
+
+def save_merged_encoder(encoder, directory: Path, settings: Dict[str, Any]) -> None:
+    """The trained encoder beside a merged model: its weights (safetensors) and its settings."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {key: value.contiguous() for key, value in encoder.state_dict().items()}
+    save_file(weights, str(directory / ENCODER_WEIGHTS))
+    save_encoder_settings(directory, settings)
+
+
+def load_merged_encoder(directory: Path):
+    """The pose encoder saved beside a merged model by slt_hydra.merge, ready to use (eval mode, its dtype)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / ENCODER_WEIGHTS
+    if not path.is_file():
+        raise SetupError(f"{path} is missing: {directory} is not a merged pose model (python -m slt_hydra.merge on a "
+                         "pose run writes it)")
+    weights = load_file(str(path))
+    encoder = build_encoder(load_encoder_settings(directory)).to(next(iter(weights.values())).dtype)
+    encoder.load_state_dict(weights)
+    return encoder.eval()

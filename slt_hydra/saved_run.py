@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from slt_hydra.config import compose, load_option, resolve_hardware
-from slt_hydra.errors import CliError
+from slt_hydra.errors import CliError, SetupError
 from slt_hydra.kinds import kind_for
 from slt_hydra.machine import detect_machine
 from slt_hydra.models import locate_model
@@ -25,13 +25,14 @@ from slt_hydra.quiet import quiet_libraries
 from slt_hydra.tracking import default_tracking_uri
 
 CONFIG_GROUPS = ("model", "quant", "hardware", "dataset", "generate", "lora", "cache_dir")
+OPTIONAL_GROUPS = ("pose",)  # pose input: how the run read its pose files (runs before it had no such group)
 
 
 @dataclass
 class AdapterRun:
     """What a trained run left that inference needs: its config groups and its adapter folder."""
 
-    cfg: DictConfig  # model, quant, hardware, dataset, generate, lora, cache_dir (unresolved: read lazily)
+    cfg: DictConfig  # model, quant, hardware, dataset, generate, lora, cache_dir, pose (unresolved: read lazily)
     adapter_dir: Path
     origin: str  # where it came from, for messages
     notes: list[str] = field(default_factory=list)  # things the user should know (printed on stderr)
@@ -82,7 +83,7 @@ def _load_yaml(path: Path, what: str) -> DictConfig:
     missing = [g for g in CONFIG_GROUPS if g not in cfg]
     if missing:
         raise CliError(f"{what}: {path} lacks the config group(s) {missing}: is it a slt_hydra run config?")
-    return OmegaConf.masked_copy(cfg, list(CONFIG_GROUPS))
+    return OmegaConf.masked_copy(cfg, [g for g in CONFIG_GROUPS + OPTIONAL_GROUPS if g in cfg])
 
 
 def _absolute_model_path(cfg: DictConfig, launch_dir: str | None) -> None:
@@ -169,9 +170,12 @@ def _from_adapter(adapter_dir: Path, base: Path | None) -> AdapterRun:
     if run_config.is_file():  # the adapter of a run directory: keep the run's prompt, quantization, hardware
         cfg = _load_yaml(run_config, what)
     else:
-        cfg = OmegaConf.masked_copy(compose(["model=local"]), list(CONFIG_GROUPS))
-        notes.append("no run config next to the adapter: using the default experiment's prompt and generation "
-                     "settings, base weights unquantized (use --run-dir or --run-id to reload a run as trained)")
+        pose = (adapter_dir / POSE_ENCODER_FILE).is_file()  # a pose run's: the pose corpus's prompt
+        cfg = OmegaConf.masked_copy(compose(["model=local"] + ["dataset=demo_pose"] * pose),
+                                    list(CONFIG_GROUPS + OPTIONAL_GROUPS))
+        notes.append(f"no run config next to the adapter: using the default {'pose ' * pose}experiment's prompt and "
+                     "generation settings, base weights unquantized (use --run-dir or --run-id to reload a run as "
+                     "trained)")
     for key, value in {"name": "local", "hub_id": None, "gguf": None, "revision": None,
                        "path": str(base.expanduser().absolute())}.items():
         cfg.model[key] = value
@@ -190,13 +194,26 @@ def resolve_run(args: argparse.Namespace) -> AdapterRun:
         run = _from_run_id(args.run_id, args.tracking_uri)
     else:
         run = _from_adapter(args.adapter, args.base)
-    if run.cfg.dataset.get("input", "gloss") == "pose" or (run.adapter_dir / POSE_ENCODER_FILE).is_file():
-        run.cleanup()
-        raise CliError(f"{run.origin} was trained on pose input (its adapter holds a pose encoder); translate and "
-                       "merge read text lines and do not take poses yet. Score it on a pose corpus with "
-                       "`python -m slt_hydra <the run's overrides> eval.only=true eval.adapter=ADAPTER_DIR` "
-                       "(docs/pose.md)")
     return run
+
+
+def is_pose_run(run: AdapterRun) -> bool:
+    """Trained on pose keypoints: its adapter holds a pose encoder (pose_encoder.json beside the weights)."""
+    return run.cfg.dataset.get("input", "gloss") == "pose" or (run.adapter_dir / POSE_ENCODER_FILE).is_file()
+
+
+def pose_settings(run: AdapterRun) -> dict:
+    """How the run read its poses: the adapter's pose_encoder.json (parts, dims, normalize, max_frames, layout),
+    and from the run's pose group what the encoder does not record (on_long, on_nonfinite, fps)."""
+    from slt_hydra.pose_model import load_encoder_settings
+
+    try:
+        settings = load_encoder_settings(run.adapter_dir)
+    except SetupError as error:
+        raise CliError(str(error)) from error
+    recorded = run.cfg.get("pose") or {}
+    defaults = {"on_long": "truncate", "on_nonfinite": "drop", "fps": 24.0}
+    return {**settings, **{key: recorded.get(key, value) for key, value in defaults.items()}}
 
 
 def fit_hardware(run: AdapterRun) -> None:
@@ -231,8 +248,9 @@ def load_tokenizer_like_run(run: AdapterRun, tokenizer):
     return saved
 
 
-def load_adapted_model(run: AdapterRun):
-    """Base model exactly as the run loaded it (quantization, dtype, device) + the trained adapter."""
+def load_adapted_model(run: AdapterRun, kind=None):
+    """Base model exactly as the run loaded it (quantization, dtype, device) + the trained adapter. ``kind``: the
+    run's model kind when the caller built it (a pose run's, around the poses to translate)."""
     source = locate_model(run.cfg.model, run.cfg.cache_dir)
     if source.local:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -240,7 +258,7 @@ def load_adapted_model(run: AdapterRun):
         import torch
 
         torch.set_num_threads(run.cfg.hardware.torch_threads)
-    kind = kind_for(run.cfg)
+    kind = kind or kind_for(run.cfg)
     base, tokenizer = kind.load(run.cfg, source)
     model = kind.attach_adapter(base, run.adapter_dir)
     model.eval()

@@ -354,3 +354,38 @@ def test_demo_corpus_never_replaces_someone_elses_folder(tmp_path):
     with pytest.raises(SetupError, match="not slt_hydra's synthetic pose corpus"):
         write_pose_demo(mine)
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- poses named on translate's command line
+
+
+def test_pose_inputs_finds_files_openpose_folders_and_folders_of_them(tmp_path):
+    from slt_hydra.pose import pose_inputs, read_pose_inputs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_pose_file(folder / "b.pose", holistic_pixels(9))
+    np.save(folder / "a.npy", holistic_pixels(6, 1, points=543))
+    write_openpose_folder(folder / "c", 5)
+    (folder / "notes.txt").write_text("not a pose")
+    write_pose_file(tmp_path / "z.pose", holistic_pixels(4))
+    items = pose_inputs([tmp_path / "z.pose", folder])
+    assert [(name, fmt) for name, _, fmt in items] == [("z", "pose"), ("a", "npy"), ("b", "pose"),
+                                                       ("c", "openpose_json")]
+    cfg = compose_config([], tmp_path / "run")
+    corpus = read_pose_inputs(items[:3], {**cfg.pose, "parts": ["body"]})  # body only: the layouts differ in hands
+    assert [corpus.frames(n) for n in ("z", "a", "b")] == [4, 6, 9] and corpus.feature_dim == 66
+    with pytest.raises(DataError, match="differ in keypoints"):  # OpenPose's 25 body points against Holistic's 33
+        read_pose_inputs(items, {**cfg.pose, "parts": ["body"]})
+
+
+def test_pose_inputs_refusals(tmp_path):
+    from slt_hydra.pose import pose_inputs
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no pose"):
+        pose_inputs([tmp_path / "empty"])
+    write_pose_file(tmp_path / "x.pose", holistic_pixels(4))
+    np.save(tmp_path / "x.npy", holistic_pixels(4, points=543))
+    with pytest.raises(DataError, match="share the name 'x'"):
+        pose_inputs([tmp_path / "x.pose", tmp_path / "x.npy"])

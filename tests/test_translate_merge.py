@@ -252,6 +252,7 @@ def test_other_errors_exit_2_with_a_message(trained, tmp_path, capsys):
         ".hydra/config.yaml not found": ["--run-dir", str(run / "adapter")],
         "no such run": ["--run-id", "0123456789abcdef0123456789abcdef", "--tracking-uri", store],
         "no MLflow store": ["--run-id", "abc", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"],
+        "trained on gloss text, not poses": ["--run-dir", str(run), "--poses", str(empty)],
     }
     for expected, args in cases.items():
         assert translate_cli.main(args) == 2, expected

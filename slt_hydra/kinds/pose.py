@@ -34,7 +34,8 @@ from slt_hydra.training import score_target_positions_only, sft_config
 
 class PoseLLM(ChatLLM):
     name = "pose_causal_lm"
-    merged_inputs = ""  # merge refuses pose adapters for now (saved_run.resolve_run): nothing to print
+    merged_inputs = ("the chat prompt's embeddings with the pose encoder's outputs at the {source} place, as "
+                     "inputs_embeds; the encoder: slt_hydra.pose_model.load_merged_encoder(OUT_DIR) (docs/pose.md)")
 
     def __init__(self, corpus: PoseCorpus | None = None):
         self.corpus = corpus
