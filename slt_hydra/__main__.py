@@ -43,11 +43,11 @@ def main(cfg: DictConfig) -> float:
 def leave_now() -> None:
     """End a successful process without the interpreter's teardown, which frees torch, PEFT and bitsandbytes
     object by object and module by module: seconds of nothing (measured in the overhead part of docs/benchmarks.md).
-    What a normal exit does that matters still happens first: waiting for non-daemon threads, the exit handlers
-    (log files, MLflow, worker pools), flushing stdout and stderr."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    What a normal exit does that matters still happens first, in the interpreter's order: threading's shutdown
+    (the thread pools' exit hooks wake their idle workers, then every non-daemon thread is waited for: joining
+    them without those hooks hangs on an idle MLflow artifact-download pool), the exit handlers (log files,
+    MLflow, worker pools), flushing stdout and stderr."""
+    threading._shutdown()  # what Py_Finalize calls first (private, but it is the interpreter's own exit path)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -176,3 +176,25 @@ def test_evaluation_only_with_k_shots_scores_an_adapter_without_training(tiny_mo
     for job in ("0", "1"):
         assert not (tmp_path / "sweep" / job / "adapter").exists()
         assert len(read_rows(tmp_path / "sweep" / job / "predictions_test.csv")) == 4
+
+
+def test_the_fast_exit_waits_for_threads_and_exit_handlers_and_never_hangs(tmp_path):
+    """__main__.leave_now with what a finished job leaves behind: an idle thread pool that stays referenced (MLflow's
+    artifact repository keeps one after a download: joining its workers directly hung a run for good), a
+    non-daemon thread still working, and an exit handler: it waits for the thread, runs the handler, exits 0."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import atexit, threading, time",
+        "from concurrent.futures import ThreadPoolExecutor",
+        "from slt_hydra.__main__ import leave_now",
+        "pool = ThreadPoolExecutor(2)",
+        "pool.submit(time.sleep, 0).result()",
+        "threading.Thread(target=lambda: (time.sleep(1), print('thread done', flush=True))).start()",
+        "atexit.register(lambda: print('exit handler ran', flush=True))",
+        "leave_now()",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["thread done", "exit handler ran"]
