@@ -4,6 +4,7 @@ encoder saved, predictions), and a QLoRA run whose saved adapter and encoder rel
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from conftest import all_runs, read_rows, run_app, sweep_parent_and_children, tiny_args
@@ -53,3 +54,37 @@ def test_qlora_pose_run_reloads_its_adapter_and_encoder_for_evaluation(tiny_mode
     (adapter / "pose_encoder.json").unlink()
     broken = run_app(pose_args(tiny_model, "quant=4bit", "eval.only=true", f"eval.adapter={adapter}"), tmp_path)
     assert broken.returncode != 0 and "pose_encoder.json" in broken.stderr
+
+
+def test_a_pose_run_resumed_from_its_checkpoint_ends_where_the_whole_run_did(tiny_model, tmp_path):
+    """Trained 8 steps with checkpoints at 4 and 8; checkpoint-8 and the results removed, as if killed after step
+    4; train.resume=auto continues from checkpoint-4, encoder included (its weights, optimizer state and RNG), and
+    ends with the same encoder and predictions as the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    args = pose_args(tiny_model, "train.max_steps=8", "train.save_strategy=steps", "train.save_steps=4",
+                     "train.save_total_limit=2", "train.learning_rate=2e-2", "eval.zero_shot=false",
+                     "hardware.per_device_train_batch_size=2", "train.resume=auto", f"hydra.run.dir={run_dir}")
+    whole = run_app(args, tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    encoder = {k: v for k, v in weights.items() if "pose_encoder" in k}
+    at_step_4 = load_file(str(run_dir / "checkpoint-4" / "adapter_model.safetensors"))
+    assert encoder and any(not (v == at_step_4[k]).all() for k, v in encoder.items())  # steps 5-8 moved it
+    predictions = read_rows(run_dir / "predictions_test.csv")
+    shutil.rmtree(run_dir / "checkpoint-8")
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "predictions_test.csv").unlink()
+
+    resumed = run_app(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train.resume=auto: continuing from" in resumed.stdout + resumed.stderr
+    again = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert again.keys() == weights.keys()
+    for key, value in weights.items():  # the LoRA matrices and the encoder both
+        assert (again[key] - value).abs().max() < 1e-5, key
+    assert [r["hypothesis"] for r in read_rows(run_dir / "predictions_test.csv")] == \
+        [r["hypothesis"] for r in predictions]
+    runs = all_runs(tmp_path, "pose_test")
+    assert len(runs) == 1 and runs[0].data.tags["resumed_from"] == "checkpoint-4"
