@@ -88,7 +88,7 @@ def read_run(workdir: Path) -> dict:
         metrics[key] = {"value": history[-1].value, "last_ts": history[-1].timestamp / 1000,
                         "history": [(m.timestamp / 1000, m.value) for m in history]}
     return {"start": run.info.start_time / 1000, "end": (run.info.end_time or 0) / 1000, "metrics": metrics,
-            "status": run.info.status}
+            "status": run.info.status, "tags": dict(run.data.tags)}
 
 
 # The suite's own time (everything that is not model load, generation, training or dev-loss evaluation).
