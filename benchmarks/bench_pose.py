@@ -48,7 +48,7 @@ def benchmark(steps: int, test_samples: int, workdir: Path, log=None) -> dict:
 def render(p: dict) -> list[str]:
     """The pose section of docs/benchmarks.md."""
     return [
-        "## Pose input (`+experiment=pose_quick`, shortened)",
+        "## 5. Pose input (`+experiment=pose_quick`, shortened)",
         "",
         f"`python -m slt_hydra {' '.join(p['overrides'])}`: the pose encoder ({int(p['encoder_params']) / 1e6:.1f} M "
         f"parameters, {p['feature_dim']} values per frame) and LoRA on SmolLM2-135M, {p['steps']} optimizer steps "

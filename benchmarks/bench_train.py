@@ -180,9 +180,10 @@ def base_overrides(steps: int) -> list[str]:
             "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false"]
 
 
-def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = False):
+def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = False,
+               overrides: list[str] | None = None):
     """Our trainer, built the way run.execute builds it, from the composed default config
-    (``full_head``: without the target-only LM-head loss, as before)."""
+    (``full_head``: without the target-only LM-head loss, as before; ``overrides``: instead of base_overrides)."""
     import torch
     from transformers import set_seed
     from trl import SFTTrainer
@@ -192,7 +193,7 @@ def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
     from slt_hydra.run import prepare
     from slt_hydra.training import score_target_positions_only, sft_config
 
-    cfg = compose(base_overrides(steps), workdir / "ours")
+    cfg = compose(base_overrides(steps) if overrides is None else overrides, workdir / "ours")
     prepared = prepare(cfg)
     set_seed(cfg.train.seed)
     if cfg.hardware.torch_threads:

@@ -7,7 +7,8 @@
 Order: the overhead job first (the default job shortened to 9 steps and 50 dev/test sentences; its trained adapter
 is then used for translation), training throughput (ours, the tuned TRL baseline and ours as before alternated, then
 the guides' recipe once, then timers on our step), translation throughput, the pose path's throughput (the pose
-quick experiment shortened: frames/s and real tokens/s; no plain-library contender exists for it).
+quick experiment shortened: frames/s and real tokens/s; no plain-library contender exists for it), and time to
+quality (training minutes to a dev BLEU-4 of 55, ours against plain TRL's defaults, within a budget).
 Raw results (JSON) and every child's output are kept in the work folder named at the end.
 """
 from __future__ import annotations
@@ -20,13 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import bench_overhead, bench_pose, bench_train, bench_translate
+from benchmarks import bench_overhead, bench_pose, bench_quality, bench_train, bench_translate
 from benchmarks.common import ROOT, fmt, machine_facts
 
 FULL = dict(train_steps=9, train_reps=3, guide_steps=1, profile_steps=2, sentences=200, translate_reps=2,
-            batch_sizes=[32, 64, 128], overhead_steps=9, overhead_eval_samples=50, pose_steps=12, pose_test_samples=24)
+            batch_sizes=[32, 64, 128], overhead_steps=9, overhead_eval_samples=50, pose_steps=12, pose_test_samples=24,
+            quality_every=4, quality_budget_minutes=10)
 QUICK = dict(train_steps=2, train_reps=1, guide_steps=0, profile_steps=1, sentences=24, translate_reps=1,
-             batch_sizes=[8, 24], overhead_steps=2, overhead_eval_samples=8, pose_steps=2, pose_test_samples=4)
+             batch_sizes=[8, 24], overhead_steps=2, overhead_eval_samples=8, pose_steps=2, pose_test_samples=4,
+             quality_every=2, quality_budget_minutes=0.5)
 TRAIN_TARGET, LOSS_TOLERANCE, TRANSLATE_TARGET = 3.0, 0.02, 10.0
 OVERHEAD_TARGET, LOAD_TARGET = 0.05, 5.0
 
@@ -65,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                                               settings["batch_sizes"], adapter if adapter.is_dir() else None,
                                               workdir, log=log)
         pose = bench_pose.benchmark(settings["pose_steps"], settings["pose_test_samples"], workdir / "pose", log=log)
+        quality = bench_quality.benchmark(settings["quality_every"], settings["quality_budget_minutes"], workdir,
+                                          log=log)
     facts["loadavg_end"] = os.getloadavg()
     facts["threads_forced"] = args.threads
     total = time.perf_counter() - started
     results = {"facts": facts, "settings": settings, "quick": args.quick, "seconds": total, "command": command,
-               "overhead": overhead, "train": train, "profile": profile, "translate": translate, "pose": pose}
+               "overhead": overhead, "train": train, "profile": profile, "translate": translate, "pose": pose,
+               "quality": quality}
     (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results))
@@ -114,6 +120,8 @@ def render(r: dict) -> str:
     lines += render_train(r["train"], r.get("profile"), s)
     lines += render_translate(r["translate"])
     lines += render_overhead(r["overhead"], s)
+    if r.get("quality"):
+        lines += bench_quality.render(r["quality"])
     if r.get("pose"):
         lines += bench_pose.render(r["pose"])
     lines += [
@@ -132,6 +140,7 @@ def render(r: dict) -> str:
         "python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 32,64,128 [--adapter DIR]",
         "python -m benchmarks.bench_overhead --steps 9 --eval-samples 50    # no options: the whole default job",
         "python -m benchmarks.bench_pose --steps 12 --test-samples 24       # the pose path",
+        "python -m benchmarks.bench_quality --every 4 --budget-minutes 10   # time to dev BLEU-4 55",
         "```",
         "",
         "Benchmarks are not tests: the test suite has no timed assertions.",
