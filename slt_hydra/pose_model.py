@@ -194,7 +194,10 @@ def trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 self.frames_seen += int(inputs["frame_mask"].sum())
-            return super().compute_loss(model, embed_with_poses(model, inputs), return_outputs, num_items_in_batch)
+            # the embeddings from the model inside DDP's wrapper (which has no get_input_embeddings); the LLM's
+            # forward still goes through the wrapper, whose backward hooks average every gradient, the encoder's too
+            embedded = embed_with_poses(self.accelerator.unwrap_model(model), inputs)
+            return super().compute_loss(model, embedded, return_outputs, num_items_in_batch)
 
         def _save(self, output_dir=None, state_dict=None):
             super()._save(output_dir, state_dict)  # the adapter, the encoder's weights in it (modules_to_save)

@@ -214,7 +214,7 @@ def check(cfg: DictConfig, machine: Machine) -> list[str]:
 
 
 def _pose_problems(cfg: DictConfig) -> list[str]:
-    """dataset.input=pose: what the pose path (a chat LLM with a pose encoder, one process) can do."""
+    """dataset.input=pose: what the pose path (a chat LLM with a pose encoder; DDP for several processes) can do."""
     problems = []
     pose, dataset = cfg.pose, cfg.dataset
     if cfg.model.get("architecture", "causal_lm") == "seq2seq":
@@ -243,10 +243,10 @@ def _pose_problems(cfg: DictConfig) -> list[str]:
                         "pose.parts=[body,left_hand,right_hand].")
     elif len(set(pose.parts)) != len(pose.parts):
         problems.append(f"pose.parts={list(pose.parts)} names a part twice: list each once.")
-    if processes(cfg.hardware) > 1 and not cfg.eval.only:
-        problems.append(f"hardware={cfg.hardware.name} runs {processes(cfg.hardware)} processes, and "
-                        "dataset.input=pose trains in one for now: use a single-process profile (hardware=cpu / "
-                        "gpu_80gb).")
+    if processes(cfg.hardware) > 1 and cfg.hardware.strategy != "ddp" and not cfg.eval.only:
+        problems.append(f"hardware.strategy={cfg.hardware.strategy} with dataset.input=pose: the pose encoder runs "
+                        "before the LLM's forward, outside what FSDP/ZeRO shard and gather; train it with "
+                        "hardware.strategy=ddp (each process holds the whole model).")
     soft = soft_tokens(pose.max_frames, pose.downsample)
     if soft >= cfg.train.max_length:
         problems.append(f"pose.max_frames={pose.max_frames} / pose.downsample={pose.downsample} gives up to {soft} "

@@ -28,6 +28,7 @@ LAZY = {
     "torch": "a 2-4 s import; validation, the planner and --help run without it",
     "transformers": "imports torch",
     "peft": "imports torch",
+    "safetensors": "safetensors.torch imports torch (merge's pose encoder beside the merged model)",
     "trl": "imports torch",
     "datasets": "imports pyarrow and pandas (1-2 s); only a job that trains needs it",
     "mlflow": "a 2-3 s import; config errors and the planner end before anything is logged",

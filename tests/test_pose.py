@@ -285,11 +285,17 @@ def test_a_part_the_file_lacks(tmp_path):
     (["pose.max_frames=4096", "pose.downsample=1", "train.max_length=1024"], "no room for the translation"),
     (["dataset.prompt=Translate"], "has no {source}"),
     (["pose.parts=[body,body]"], "names a part twice"),
+    (["hardware=4xa100_80gb", "hardware.strategy=fsdp"], "train it with hardware.strategy=ddp"),
 ])
 def test_validation_refuses_what_the_pose_path_cannot_do(tmp_path, overrides, needle):
     cfg = compose_config(["dataset=demo_pose", *overrides], tmp_path / "run")
     problems = validate.check(cfg, detect_machine())
     assert any(needle in p for p in problems), problems
+
+
+def test_a_pose_run_may_train_in_several_ddp_processes(tmp_path):
+    cfg = compose_config(["+experiment=pose_quick", "hardware=cpu_ddp2"], tmp_path / "run")
+    assert validate.check(cfg, detect_machine()) == []
 
 
 def test_the_demo_pose_config_passes_validation(tmp_path):

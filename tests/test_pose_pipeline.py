@@ -7,7 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import all_runs, read_rows, run_app, sweep_parent_and_children, tiny_args
+import pytest
+
+from conftest import all_runs, client_for, read_rows, run_app, sweep_parent_and_children, tiny_args
 
 
 def pose_args(model: Path, *extra: str) -> list[str]:
@@ -88,3 +90,38 @@ def test_a_pose_run_resumed_from_its_checkpoint_ends_where_the_whole_run_did(tin
         [r["hypothesis"] for r in predictions]
     runs = all_runs(tmp_path, "pose_test")
     assert len(runs) == 1 and runs[0].data.tags["resumed_from"] == "checkpoint-4"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_a_pose_run_like_one(tiny_model, tmp_path):
+    """hardware=cpu_ddp2 (2 processes x batch 4) against hardware=cpu (1 x batch 8), 3 steps, same seed, dropout
+    off in LoRA and the encoder: the same loss and gradient norm at every step (test_distributed.py's argument:
+    the same examples per global step, gradients averaged over the ranks, the encoder's included), and the frames
+    counted over both ranks."""
+    import math
+
+    base = [arg for arg in pose_args(tiny_model) if not arg.startswith("hardware")] + [
+        "train.max_steps=3", "train.learning_rate=1e-2", "train.warmup_steps=0", "lora.dropout=0", "pose.dropout=0",
+        "pose.hidden=32", "pose.heads=2", "train.train_sampling_strategy=random", "dataset.max_train_samples=32",
+        "eval.zero_shot=false"]
+    history, runs = {}, {}
+    for name, args in (("one", ["hardware=cpu", "hardware.per_device_train_batch_size=8"]),
+                       ("two", ["hardware=cpu_ddp2", "hardware.per_device_train_batch_size=4"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = run_app(base + args + [f"mlflow.experiment_name={name}"], folder,
+                       MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        (run,) = all_runs(tmp_path, name)
+        client = client_for(tmp_path)
+        history[name] = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                       key=lambda m: m.step)] for key in ("loss", "grad_norm")}
+        runs[name] = run
+    two = runs["two"]
+    assert two.info.status == "FINISHED" and two.data.params["hardware.num_processes"] == "2"
+    assert two.data.tags["input"] == "pose" and "test_bleu4" in two.data.metrics
+    assert two.data.metrics["train_frames"] == runs["one"].data.metrics["train_frames"] > 0  # both ranks' frames
+    for key in ("loss", "grad_norm"):
+        assert len(history["two"][key]) == len(history["one"][key]) == 3
+        for step, (a, b) in enumerate(zip(history["two"][key], history["one"][key])):
+            assert math.isclose(a, b, rel_tol=1e-3), (key, step, history)

@@ -100,8 +100,13 @@ class PoseLLM(ChatLLM):
         return trainer
 
     def after_training(self, trainer, train_seconds: float) -> dict[str, float]:
-        return {"train_frames": trainer.frames_seen,
-                "train_frames_per_second": trainer.frames_seen / train_seconds if train_seconds else 0.0}
+        frames = trainer.frames_seen
+        if trainer.accelerator.num_processes > 1:  # every rank calls this: the frames all of them read
+            import torch
+
+            count = torch.tensor([frames], device=trainer.accelerator.device)
+            frames = int(trainer.accelerator.reduce(count, reduction="sum").item())
+        return {"train_frames": frames, "train_frames_per_second": frames / train_seconds if train_seconds else 0.0}
 
     def translate(self, cfg, model, tokenizer, sources, batch_size, shots_for=None, on_batch=None):
         parts = PromptParts(tokenizer, cfg.dataset)
