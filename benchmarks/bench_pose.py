@@ -72,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps of 16 sequences")
     parser.add_argument("--test-samples", type=int, default=24, help="test poses translated")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--md", type=Path, default=None, help="also write the section of docs/benchmarks.md here")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="slt_bench_pose_"))
     result = benchmark(args.steps, args.test_samples, workdir)
     print(json.dumps(result, indent=1, default=str))
     print("\n".join(render(result)))
+    if args.md:
+        args.md.write_text("\n".join(render(result)))
     return 0
 
 
