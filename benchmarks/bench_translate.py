@@ -1,6 +1,6 @@
 """Translation throughput: our batched greedy generation against one `transformers.pipeline` call per sentence.
 
-    python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 32,64,128
+    python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 64,128,256
     python -m benchmarks.bench_translate --adapter outputs/DATE/TIME_MODEL_QUANT/adapter   # a trained adapter
 
 Same model object, same sentences (the demo dev + test splits), same chat-formatted prompts, greedy decoding
@@ -11,9 +11,12 @@ with generate=greedy's settings (max_new_tokens 64):
 - pipeline_bf16: the same under CPU bf16 autocast (where the CPU emulates bf16: its first 16 sentences only). The
              baseline is the faster of the two pipelines, per sentence;
 - ours_bN:   ``slt_hydra.generation.translate_chat`` (prompts sorted by length in tokens, left padding, KV cache, the
-             batch's shared system turn computed once, finished rows leaving the batch every 4 tokens) at batch
+             batch's shared system turn computed once, the rest prefilled in groups of 32 neighbouring rows, the
+             LoRA adapter merged into the fp32 weights, finished rows leaving the batch every 4 tokens) at batch
              size N, under the precision hardware=auto chose for this CPU, as a run translates;
 - noprefix_bN: the same without the shared-prefix cache, largest N only;
+- nogroups_bN: the same with generate prefilling the whole padded batch in one forward, largest N only;
+- nomerge_bN: the same with the LoRA adapter left unmerged (its own matmuls in every forward), largest N only;
 - nodrop_bN: the same without dropping finished rows (one generate call per batch), largest N only;
 - generate_batch: transformers' continuous batching (``model.generate_batch``: paged KV cache, prompts packed
              without padding, finished rows dropped at once), the library's own answer to padding and stragglers.
@@ -24,6 +27,7 @@ order reversed on every other repetition. Outputs are compared sentence by sente
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from benchmarks.common import compose, fmt, median, quiet, run_child, write_result
 
-BATCH_SIZES = (32, 64, 128)
+BATCH_SIZES = (64, 128, 256)
 EMULATED_BF16_SENTENCES = 16  # the bf16 pipeline's sentences where this CPU emulates bf16
 
 
@@ -100,13 +104,21 @@ def batch_size(name: str) -> int:
     return int(name.rsplit("_b", 1)[1])
 
 
+ABLATIONS = {"noprefix": "shared_prefix", "nogroups": "groups", "nomerge": "merge", "nodrop": "dropping"}
+
+
 @contextmanager
 def without(part: str):
-    """translate() with one of its speed-ups replaced by the plain path: "shared_prefix" or "dropping"."""
+    """translate() with one of its speed-ups replaced by the plain path: "shared_prefix", "groups" (prefill in
+    groups of rows), "merge" (the LoRA adapter merged) or "dropping" (finished rows leaving the batch)."""
     import slt_hydra.generation as module
 
+    prefill = module.prefill
     name, plain = {
-        "shared_prefix": ("shared_prefix", lambda model, enc, pad_token_id: dict(enc)),
+        "shared_prefix": ("prefill", lambda model, enc, pad_token_id, chunk_rows:
+                          prefill(model, enc, pad_token_id, share_prefix=False, chunk_rows=chunk_rows)),
+        "groups": ("PREFILL_CHUNK_ROWS", None),
+        "merge": ("merged_lora", contextlib.nullcontext),
         "dropping": ("generate_dropping_finished",
                      lambda model, enc, kwargs, stop_ids:
                      model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]),
@@ -202,7 +214,7 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
     # bf16 emulated (no AVX512-BF16/AMX): a few times slower per sentence, so the bf16 pipeline gets fewer of them
     bf16_sources = sources if has_native_bf16(cpu_flags()) else sources[:EMULATED_BF16_SENTENCES]
     names = (["pipeline", "pipeline_bf16"] + [f"ours_b{b}" for b in batch_sizes]
-             + [f"noprefix_b{max(batch_sizes)}", f"nodrop_b{max(batch_sizes)}", "generate_batch"])
+             + [f"{ablation}_b{max(batch_sizes)}" for ablation in ABLATIONS] + ["generate_batch"])
     order = names if rep % 2 == 0 else list(reversed(names))
     reference_gflops = matmul_gflop_per_second(model.config)
     timings, outputs, work = {}, {}, {}
@@ -217,8 +229,8 @@ def child(sentences: int, batch_sizes: list[int], rep: int, adapter: Path | None
                 outputs[name] = pipeline_translate(model, tokenizer, bf16_sources, cfg)
         elif name == "generate_batch":
             outputs[name] = continuous_batching(model, tokenizer, sources, cfg)
-        elif name.startswith(("noprefix", "nodrop")):  # our batched path without one of its speed-ups
-            with without("shared_prefix" if name.startswith("noprefix") else "dropping"):
+        elif name.split("_b")[0] in ABLATIONS:  # our batched path without one of its speed-ups
+            with without(ABLATIONS[name.split("_b")[0]]):
                 outputs[name] = translate(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size(name))
         else:
             outputs[name] = translate(model, tokenizer, sources, cfg.dataset, cfg.generate, batch_size(name))

@@ -25,7 +25,7 @@ from benchmarks import bench_overhead, bench_pose, bench_quality, bench_train, b
 from benchmarks.common import ROOT, fmt, machine_facts
 
 FULL = dict(train_steps=9, train_reps=3, guide_steps=1, profile_steps=2, sentences=200, translate_reps=2,
-            batch_sizes=[32, 64, 128], overhead_steps=9, overhead_eval_samples=50, pose_steps=12, pose_test_samples=24,
+            batch_sizes=[64, 128, 256], overhead_steps=9, overhead_eval_samples=50, pose_steps=12, pose_test_samples=24,
             quality_every=4, quality_budget_minutes=10)
 QUICK = dict(train_steps=2, train_reps=1, guide_steps=0, profile_steps=1, sentences=24, translate_reps=1,
              batch_sizes=[8, 24], overhead_steps=2, overhead_eval_samples=8, pose_steps=2, pose_test_samples=4,
@@ -137,7 +137,7 @@ def render(r: dict) -> str:
         "make bench BENCH_ARGS=--quick  # smoke run of every part",
         "make bench BENCH_ARGS=\"--threads 1\"   # one torch thread per contender: steadier on a shared machine",
         "python -m benchmarks.bench_train --steps 9 --reps 3 [--guide]       # one part at a time",
-        "python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 32,64,128 [--adapter DIR]",
+        "python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 64,128,256 [--adapter DIR]",
         "python -m benchmarks.bench_overhead --steps 9 --eval-samples 50    # no options: the whole default job",
         "python -m benchmarks.bench_pose --steps 12 --test-samples 24       # the pose path",
         "python -m benchmarks.bench_quality --every 4 --budget-minutes 10   # time to dev BLEU-4 55",
@@ -303,6 +303,10 @@ def render_translate(t: dict) -> list[str]:
         label = ("`transformers.pipeline`, one call per sentence" if name == "pipeline"
                  else "`transformers.pipeline` under bf16 autocast, one call per sentence" if name == "pipeline_bf16"
                  else f"ours without the shared-prefix cache, batch {size}" if name.startswith("noprefix")
+                 else f"ours without prefill in groups of rows (generate prefills the padded batch), batch {size}"
+                 if name.startswith("nogroups")
+                 else f"ours without merging the LoRA adapter (its own matmuls in every forward), batch {size}"
+                 if name.startswith("nomerge")
                  else f"ours without dropping finished rows (one generate call per batch), batch {size}"
                  if name.startswith("nodrop")
                  else "transformers' continuous batching, `model.generate_batch`" if name == "generate_batch"
@@ -348,13 +352,16 @@ def render_translate(t: dict) -> list[str]:
         "ran (counted by a wrapper around the model's forward; attention scores left out, ~1 % at these lengths).",
         f"- Each translation is ~{prompt:.0f} prompt tokens ({t['shared_prefix_tokens']} of them the same chat turn "
         f"in every prompt) and ~{new:.0f} new ones. At batch {largest}, computing the shared turn once per batch "
-        f"gives {gain('noprefix')} and letting finished rows leave the batch {gain('nodrop')} (the rows without "
-        "them).",
+        f"gives {gain('noprefix')}, prefilling groups of 32 neighbouring rows (each padded to its own longest) "
+        f"instead of the whole padded batch {gain('nogroups')}, merging the LoRA adapter into the weights "
+        f"{gain('nomerge')} and letting finished rows leave the batch {gain('nodrop')} (the rows without them). "
+        "The pipeline rows run the adapter unmerged, as PEFT hands it over; merging it first (`merge_and_unload`) "
+        "would speed the pipeline up too (not measured here).",
         f"- Where the time goes: a plain fp32 matmul of the model's MLP shape (1024 rows) runs "
         f"{fmt(t['matmul_gflop_per_second'], 0)} GFLOP/s on this machine. Ours runs "
         f"{fmt(ours['gflop_per_second'], 0)} GFLOP/s "
         f"({fmt(100 * ours['gflop_per_second'] / t['matmul_gflop_per_second'], 0)} % of it: the decoding steps' "
-        "small matrices, attention, norms and the LoRA branches run slower), the pipeline "
+        "small matrices, attention and norms run slower), the pipeline "
         f"{fmt(pipeline['gflop_per_second'], 0)} GFLOP/s (one sentence at a time). Ours does "
         f"{fmt(ours['gflop_per_translation'])} GFLOP per translation at batch {t['best_batch_size']} (the pipeline "
         f"{fmt(pipeline['gflop_per_translation'])}); the least any batched greedy decoder can do here is "

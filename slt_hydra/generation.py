@@ -7,6 +7,7 @@ in order.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from omegaconf import DictConfig
@@ -21,10 +22,12 @@ def translate_chat(model, tokenizer, sources: Sequence[str], dataset_cfg: DictCo
 
     Prompts are left-padded (decoder-only models continue from the right edge) and sorted by
     length in tokens so each batch pads little; the KV cache is on (generate's default). With one beam, the
-    batch's shared first tokens are computed once (``shared_prefix``); greedy decoding also lets finished rows
-    leave the batch (``generate_dropping_finished``). The outputs are those of one plain generate call per
-    sentence (tests/test_translate_prefix.py). ``shots_for`` gives each source its k-shot demonstration pairs
-    (evaluation-only runs); ``on_batch`` is told how many sentences each finished batch held (a progress bar).
+    prompts are prefilled in groups of neighbouring rows and the batch's shared first tokens computed once
+    (``prefill``); greedy decoding also lets finished rows leave the batch (``generate_dropping_finished``); a
+    LoRA adapter on fp32 weights is merged into them while it translates (``merged_lora``). The outputs are those
+    of one plain generate call per sentence (tests/test_translate_prefix.py). ``shots_for`` gives each source its
+    k-shot demonstration pairs (evaluation-only runs); ``on_batch`` is told how many sentences each finished batch
+    held (a progress bar).
     """
     import torch
 
@@ -44,21 +47,23 @@ def translate_chat(model, tokenizer, sources: Sequence[str], dataset_cfg: DictCo
     contiguous = head.register_forward_pre_hook(contiguous_input) if head is not None else None
     kwargs = generation_kwargs(generate_cfg, pad_token_id=tokenizer.pad_token_id)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                if generate_cfg.num_beams == 1:  # beam search would need the shared cache expanded per beam
-                    enc = shared_prefix(model, enc, tokenizer.pad_token_id)
-                if generate_cfg.num_beams == 1 and not generate_cfg.do_sample and not several_processes():
-                    new_tokens = generate_dropping_finished(model, enc, kwargs, stop_token_ids(model, tokenizer))
-                else:
-                    new_tokens = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
-            for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                outputs[i] = text.strip()
-            if on_batch:
-                on_batch(len(batch))
+        with merged_lora(model):
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+                with torch.inference_mode():
+                    if generate_cfg.num_beams == 1:  # beam search would need the shared cache expanded per beam
+                        enc = prefill(model, enc, tokenizer.pad_token_id, chunk_rows=PREFILL_CHUNK_ROWS)
+                    if generate_cfg.num_beams == 1 and not generate_cfg.do_sample and not several_processes():
+                        new_tokens = generate_dropping_finished(model, enc, kwargs,
+                                                                stop_token_ids(model, tokenizer))
+                    else:
+                        new_tokens = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
+                for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                    outputs[i] = text.strip()
+                if on_batch:
+                    on_batch(len(batch))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
@@ -118,6 +123,31 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
+@contextmanager
+def merged_lora(model):
+    """A LoRA adapter merged into its base weights while the model translates, unmerged after (PEFT's
+    ``merge_adapter``/``unmerge_adapter``): each adapted projection becomes one matmul instead of three plus a
+    scale and an add, which on CPU cost more than their arithmetic (docs/benchmarks.md). Only over fp32
+    ``nn.Linear`` weights in one process: unmerging restores fp32 weights to within rounding (~1e-7 relative),
+    bf16/fp16 ones it would not; bitsandbytes' 4/8-bit ones PEFT re-quantizes; FSDP/ZeRO hold shards."""
+    import torch
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
+    mergeable = bool(layers) and hasattr(model, "merge_adapter") and not several_processes() and all(
+        type(m.get_base_layer()) is torch.nn.Linear and m.get_base_layer().weight.dtype == torch.float32
+        and not m.merged for m in layers)
+    if not mergeable:
+        yield
+        return
+    with torch.no_grad():
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
+
+
 def several_processes() -> bool:
     """FSDP/ZeRO-3 ranks translate in step (every forward gathers the shards): one generate call per batch, whose
     synced_gpus keeps them together, rather than rounds each rank would end on its own."""
@@ -133,35 +163,90 @@ def contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:])
 
 
-def shared_prefix(model, enc, pad_token_id: int) -> dict:
-    """Run the batch's common first tokens (the system turn of a chat prompt) once and
-    share their KV cache across the batch; generate then prefills only what differs. The rows are re-laid out
-    as [prefix][padding][rest], same width, so the new tokens still start at the same column; positions come
-    from the attention mask, so the outputs do not change (tests/test_translate_prefix.py). Prefill is most of a
-    short translation's compute on CPU (docs/benchmarks.md)."""
+PREFILL_CHUNK_ROWS = 32  # rows per prefill forward: a batch sorted by length pads little within 32 neighbours
+
+
+def prefill(model, enc, pad_token_id: int, share_prefix: bool = True,
+            chunk_rows: int | None = PREFILL_CHUNK_ROWS) -> dict:
+    """Fill the KV cache for every prompt token but each row's last, so generate starts decoding at once.
+
+    - The batch's common first tokens (the system turn of a chat prompt) are run once and their cache shared
+      (``share_prefix``).
+    - The rest is run in groups of ``chunk_rows`` neighbouring rows, each padded only to its own longest row:
+      a whole batch of 128 sorted prompts pads ~20 % in one forward, groups of 32 pad ~5 %. The groups' caches
+      are then joined with zero keys/values in the padding, which the attention mask hides.
+
+    The rows are laid out as [prefix][padding][rest], the batch's width, so the new tokens start at the same
+    column; positions come from the attention mask, so the outputs do not change (tests/test_translate_prefix.py).
+    Prefill is most of a short translation's compute on CPU (docs/benchmarks.md). Models whose cache is not one
+    plain growing layer per block (sliding windows, recurrent state) get only the shared prefix, or nothing."""
     import torch
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    rows = [ids[i, ids.size(1) - int(n):] for i, n in enumerate(mask.sum(1))]  # left padded: tokens at the right
+    count, width = ids.shape
+    rows = [ids[i, width - int(n):] for i, n in enumerate(mask.sum(1))]  # left padded: tokens at the right
+    if count < 2 or width < 2:
+        return dict(enc)
+    length = shared_length(rows) if share_prefix else 0
+    plain_layers = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    if not plain_layers:
+        chunk_rows = None
+    if not length and chunk_rows is None:
+        return dict(enc)
+    laid_out = {
+        "input_ids": torch.stack([torch.cat([r[:length], r.new_full((width - len(r),), pad_token_id), r[length:]])
+                                  for r in rows]),
+        "attention_mask": torch.stack([torch.cat([mask.new_ones(length), mask.new_zeros(width - len(r)),
+                                                  mask.new_ones(len(r) - length)]) for r in rows]),
+    }
+    prefix_cache = None
+    if length:
+        prefix = rows[0][:length].unsqueeze(0)
+        prefix_cache = DynamicCache(config=model.config)
+        model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=prefix_cache, use_cache=True,
+              logits_to_keep=1)  # only the cache is wanted: skip the LM head over the prefix
+    if chunk_rows is None:  # generate prefills the rest of every row in one forward
+        prefix_cache.batch_repeat_interleave(count)
+        return {**laid_out, "past_key_values": prefix_cache}
+
+    groups = []  # (cache of [prefix][own padding][rest but the last token], own width after the prefix)
+    for start in range(0, count, chunk_rows):
+        tails = [r[length:-1] for r in rows[start:start + chunk_rows]]
+        own = max(max(len(t) for t in tails), 0 if length else 1)  # no prefix: >= 1 column, to have a cache
+        cache = DynamicCache(config=model.config)
+        if prefix_cache is not None:
+            for i, layer in enumerate(prefix_cache.layers):
+                cache.update(layer.keys.expand(len(tails), -1, -1, -1), layer.values.expand(len(tails), -1, -1, -1), i)
+        if own:
+            tail_mask = torch.stack([torch.cat([mask.new_zeros(own - len(t)), mask.new_ones(len(t))]) for t in tails])
+            full_mask = torch.cat([mask.new_ones(len(tails), length), tail_mask], 1)
+            positions = (full_mask.long().cumsum(1) - 1).masked_fill(full_mask == 0, 0)[:, length:]
+            model(input_ids=torch.stack([torch.cat([t.new_full((own - len(t),), pad_token_id), t]) for t in tails]),
+                  attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+        groups.append((cache, own))
+    joined = DynamicCache(config=model.config)
+    cached = width - 1 - length  # columns after the prefix that the cache must cover: all but the last
+    for i in range(len(groups[0][0].layers)):
+        keys, values = [], []
+        for cache, own in groups:
+            for kept, states in ((keys, cache.layers[i].keys), (values, cache.layers[i].values)):
+                gap = states.new_zeros(*states.shape[:2], cached - own, states.shape[3])
+                kept.append(torch.cat([states[:, :, :length], gap, states[:, :, length:]], 2))
+        joined.update(torch.cat(keys), torch.cat(values), i)
+    return {**laid_out, "past_key_values": joined}
+
+
+def shared_length(rows) -> int:
+    """How many first tokens all rows share, leaving each row >= 1 of its own (generate needs one); 0 below 4."""
+    import torch
+
     shortest = min(len(r) for r in rows)
     same = torch.stack([r[:shortest] for r in rows]).eq(rows[0][:shortest]).all(0)
-    length = min(int(same.long().cumprod(0).sum()), shortest - 1)  # generate needs >= 1 token of its own per row
-    if len(rows) < 2 or length < 4:
-        return dict(enc)
-    prefix = rows[0][:length].unsqueeze(0)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=cache, use_cache=True,
-          logits_to_keep=1)  # only the cache is wanted: skip the LM head over the prefix
-    cache.batch_repeat_interleave(len(rows))
-    width = ids.size(1)
-    pads = [ids.new_full((width - len(r),), pad_token_id) for r in rows]
-    return {
-        "input_ids": torch.stack([torch.cat([r[:length], p, r[length:]]) for r, p in zip(rows, pads)]),
-        "attention_mask": torch.stack([torch.cat([mask.new_ones(length), mask.new_zeros(len(p)),
-                                                  mask.new_ones(len(r) - length)]) for r, p in zip(rows, pads)]),
-        "past_key_values": cache,
-    }
+    length = min(int(same.long().cumprod(0).sum()), shortest - 1)
+    return length if length >= 4 else 0
 
 
 def translate_seq2seq(model, tokenizer, sources: Sequence[str], generate_cfg: DictConfig, batch_size: int,
@@ -181,15 +266,17 @@ def translate_seq2seq(model, tokenizer, sources: Sequence[str], generate_cfg: Di
     device = next(model.parameters()).device
     kwargs = generation_kwargs(generate_cfg)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True).to(device)
-            with torch.inference_mode():
-                generated = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
-            for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True)):
-                outputs[i] = text.strip()
-            if on_batch:
-                on_batch(len(batch))
+        with merged_lora(model):
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+                with torch.inference_mode():
+                    generated = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                               **kwargs)
+                for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True)):
+                    outputs[i] = text.strip()
+                if on_batch:
+                    on_batch(len(batch))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)

@@ -1,11 +1,15 @@
-"""translate()'s shared-prefix KV cache: the batch's common first tokens are run once, and nothing changes."""
+"""translate()'s speed-ups change nothing: the prefill in groups of rows with the shared prefix run once, finished
+rows leaving the batch, a LoRA adapter merged while it translates."""
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 
 import slt_hydra.generation as generation
 from slt_hydra.data import build_messages
-from slt_hydra.generation import shared_prefix
+from slt_hydra.generation import prefill
 from slt_hydra.generation import translate_chat as translate
 
 GLOSSES = ["IX-1 LIKE BOOK", "NEXT-WEEK fs-JOHN VISIT GRANDMOTHER HOUSE WHY", "TOMORROW RAIN",
@@ -33,7 +37,8 @@ def one_generate_call(model, enc, kwargs, stop_ids):
 
 
 def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cfg, monkeypatch):
-    """translate() (shared prefix + rounds that drop finished rows) against one plain generate call per batch."""
+    """translate() (prefill in groups of 2 rows with the shared prefix + rounds that drop finished rows) against
+    one plain generate call per batch."""
     cfg = make_cfg("model=local", f"model.path={tiny_model}", "generate.max_new_tokens=8")
     model, tokenizer = load(tiny_model)
     calls = []  # (cache passed?, rows) of every generate call
@@ -45,9 +50,10 @@ def test_batched_translation_matches_one_plain_generate_call(tiny_model, make_cf
         return generate(**kwargs)
 
     monkeypatch.setattr(model, "generate", recording_generate)
+    monkeypatch.setattr(generation, "PREFILL_CHUNK_ROWS", 2)  # 5 rows: groups of 2, 2 and 1
     ours = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
-    assert calls[0] == (True, 5)  # the shared system turn came in as a cache
-    monkeypatch.setattr(generation, "shared_prefix", lambda model, enc, pad_token_id: dict(enc))
+    assert calls[0] == (True, 5)  # the prompts came in as a cache
+    monkeypatch.setattr(generation, "prefill", lambda model, enc, pad_token_id, chunk_rows: dict(enc))
     monkeypatch.setattr(generation, "generate_dropping_finished", one_generate_call)
     calls.clear()
     plain = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
@@ -88,30 +94,124 @@ def test_dropping_finished_rows_gives_the_same_tokens(tiny_model, make_cfg):
     assert torch.equal(dropped, plain)
 
 
-def test_shared_prefix_caches_the_system_turn_and_keeps_the_scores(tiny_model, make_cfg):
-    cfg = make_cfg("model=local", f"model.path={tiny_model}")
-    model, tokenizer = load(tiny_model)
-    enc = left_padded_prompts(tokenizer, cfg)
-    laid_out = shared_prefix(model, enc, tokenizer.pad_token_id)
-    system_turn = tokenizer.apply_chat_template([{"role": "system", "content": cfg.dataset.system_prompt}],
-                                                tokenize=False)
-    assert laid_out["past_key_values"].get_seq_length() >= len(tokenizer(system_turn)["input_ids"])
-    assert laid_out["input_ids"].shape == enc["input_ids"].shape
-    assert laid_out["attention_mask"].sum() == enc["attention_mask"].sum()
+def compare_with_plain_generate(model, enc, laid_out, pad_token_id):
+    """generate from ``laid_out`` (prefill's result) gives plain generate's tokens and scores on ``enc``."""
     settings = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                    pad_token_id=tokenizer.pad_token_id)
+                    pad_token_id=pad_token_id)
+    width = enc["input_ids"].shape[1]
     with torch.inference_mode():
         plain = model.generate(**enc, **settings)
-        shared = model.generate(**laid_out, **settings)
-    assert torch.equal(plain.sequences[:, enc["input_ids"].shape[1]:], shared.sequences[:, enc["input_ids"].shape[1]:])
-    for a, b in zip(plain.scores, shared.scores):
+        ours = model.generate(**laid_out, **settings)
+    assert torch.equal(plain.sequences[:, width:], ours.sequences[:, width:])
+    for a, b in zip(plain.scores, ours.scores):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_no_shared_prefix_for_a_single_prompt(tiny_model, make_cfg):
+@pytest.mark.parametrize("chunk_rows", [None, 2, 32])
+def test_prefill_caches_the_system_turn_once_and_keeps_the_scores(tiny_model, make_cfg, chunk_rows):
+    """The shared system turn computed once; then generate prefills the rest (None) or groups of rows did (2:
+    groups of 2, 2 and 1, padded to different widths; 32: one group)."""
+    cfg = make_cfg("model=local", f"model.path={tiny_model}")
+    model, tokenizer = load(tiny_model)
+    enc = left_padded_prompts(tokenizer, cfg)
+    width = enc["input_ids"].shape[1]
+    forwards = []  # (rows, columns) of every forward prefill ran itself
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        forwards.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    with torch.inference_mode():
+        laid_out = prefill(model, enc, tokenizer.pad_token_id, chunk_rows=chunk_rows)
+    del model.forward
+    system_turn = tokenizer.apply_chat_template([{"role": "system", "content": cfg.dataset.system_prompt}],
+                                                tokenize=False)
+    shared = forwards[0][1]
+    assert forwards[0][0] == 1 and shared >= len(tokenizer(system_turn)["input_ids"])  # one row: the shared turn
+    assert laid_out["input_ids"].shape == enc["input_ids"].shape
+    assert laid_out["attention_mask"].sum() == enc["attention_mask"].sum()
+    own = enc["attention_mask"].sum(1) - shared  # each row's tokens after the shared turn
+    if chunk_rows is None:
+        assert len(forwards) == 1 and laid_out["past_key_values"].get_seq_length() == shared
+    else:  # every row but its last token cached, each group padded to its own longest row only
+        groups = [own[i:i + chunk_rows] for i in range(0, len(GLOSSES), chunk_rows)]
+        assert forwards[1:] == [(len(g), int(g.max()) - 1) for g in groups]
+        assert laid_out["past_key_values"].get_seq_length() == width - 1
+    compare_with_plain_generate(model, enc, laid_out, tokenizer.pad_token_id)
+
+
+def test_prefill_in_groups_without_a_shared_prefix(tiny_model, make_cfg):
+    cfg = make_cfg("model=local", f"model.path={tiny_model}")
+    model, tokenizer = load(tiny_model)
+    enc = left_padded_prompts(tokenizer, cfg)
+    with torch.inference_mode():
+        laid_out = prefill(model, enc, tokenizer.pad_token_id, share_prefix=False, chunk_rows=2)
+    assert torch.equal(laid_out["input_ids"], enc["input_ids"])  # plain left padding: nothing to re-lay out
+    assert laid_out["past_key_values"].get_seq_length() == enc["input_ids"].shape[1] - 1
+    compare_with_plain_generate(model, enc, laid_out, tokenizer.pad_token_id)
+
+
+def test_no_prefill_for_a_single_prompt(tiny_model, make_cfg):
     model, tokenizer = load(tiny_model)
     enc = tokenizer(["just one prompt here"], return_tensors="pt", add_special_tokens=False)
-    assert "past_key_values" not in shared_prefix(model, enc, tokenizer.pad_token_id)
+    assert "past_key_values" not in prefill(model, enc, tokenizer.pad_token_id)
+
+
+def lora_model(tiny_model, dtype=torch.float32):
+    """The tiny model with a LoRA adapter whose B matrices are not zero (a trained one changes the outputs)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_a_lora_adapter_is_merged_while_it_translates_and_unmerged_after(tiny_model, make_cfg, monkeypatch):
+    from transformers import AutoTokenizer
+
+    cfg = make_cfg("model=local", f"model.path={tiny_model}", "generate.max_new_tokens=8")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = lora_model(tiny_model)
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
+    before = {name: w.clone() for name, w in model.named_parameters()}
+    merged_during = []
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        merged_during.append(all(m.merged for m in layers))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    ours = translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5)
+    assert merged_during and all(merged_during)
+    assert not any(m.merged for m in layers)
+    for name, weight in model.named_parameters():  # unmerged: fp32 rounding at most
+        torch.testing.assert_close(weight, before[name], rtol=0, atol=1e-6)
+    monkeypatch.setattr(generation, "merged_lora", contextlib.nullcontext)
+    merged_during.clear()
+    assert translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5) == ours
+    assert merged_during and not any(merged_during)
+    with model.disable_adapter():  # the adapter does change the outputs: the comparison above means something
+        assert translate(model, tokenizer, GLOSSES, cfg.dataset, cfg.generate, batch_size=5) != ours
+
+
+def test_lora_on_bf16_weights_is_not_merged(tiny_model):
+    """Unmerging from bf16 weights would not give them back: merged_lora leaves them alone."""
+    model = lora_model(tiny_model, dtype=torch.bfloat16)
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
+    with generation.merged_lora(model):
+        assert not any(m.merged for m in layers)
+    fp32 = lora_model(tiny_model)
+    with generation.merged_lora(fp32):
+        assert all(m.merged for m in fp32.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer"))
 
 
 def test_stop_token_ids_from_generation_config_or_tokenizer():

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from slt_hydra.errors import SetupError
-from slt_hydra.generation import generation_kwargs
+from slt_hydra.generation import generation_kwargs, merged_lora
 from slt_hydra.kinds.chat import ChatLLM
 from slt_hydra.models import peft_config
 from slt_hydra.pose import PoseCorpus
@@ -111,7 +111,7 @@ class PoseLLM(ChatLLM):
     def translate(self, cfg, model, tokenizer, sources, batch_size, shots_for=None, on_batch=None):
         parts = PromptParts(tokenizer, cfg.dataset)
         kwargs = generation_kwargs(cfg.generate, pad_token_id=tokenizer.pad_token_id)
-        with precision_autocast(cfg.hardware):
+        with precision_autocast(cfg.hardware), merged_lora(model):  # LoRA folded into fp32 weights (generation.py)
             # the encoder's own downsampling: a reloaded adapter's (pose_encoder.json), whatever pose.* says now
             downsample = (self.settings or {}).get("downsample", cfg.pose.downsample)
             return translate_poses(model, parts, [self.corpus.features[s] for s in sources], downsample,
