@@ -12,7 +12,7 @@ with generate=greedy's settings (max_new_tokens 64):
              baseline is the faster of the two pipelines, per sentence;
 - ours_bN:   ``slt_hydra.generation.translate_chat`` (prompts sorted by length in tokens, left padding, KV cache, the
              batch's shared system turn computed once, the rest prefilled in groups of 32 neighbouring rows, the
-             LoRA adapter merged into the fp32 weights, finished rows leaving the batch every 4 tokens) at batch
+             LoRA adapter merged into the fp32 weights, finished rows leaving the batch after each token) at batch
              size N, under the precision hardware=auto chose for this CPU, as a run translates;
 - noprefix_bN: the same without the shared-prefix cache, largest N only;
 - nogroups_bN: the same with generate prefilling the whole padded batch in one forward, largest N only;
