@@ -140,12 +140,13 @@ def merged_lora(model):
     if not mergeable:
         yield
         return
-    with torch.no_grad():
+    device = layers[0].get_base_layer().weight.device.type
+    with torch.no_grad(), torch.autocast(device, enabled=False):  # B @ A in fp32, under a bf16 autocast too
         model.merge_adapter()
     try:
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, enabled=False):
             model.unmerge_adapter()
 
 

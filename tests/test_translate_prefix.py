@@ -214,6 +214,18 @@ def test_lora_on_bf16_weights_is_not_merged(tiny_model):
         assert all(m.merged for m in fp32.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer"))
 
 
+def test_the_merge_is_computed_in_fp32_under_a_bf16_autocast(tiny_model):
+    """Translation may run under CPU bf16 autocast (hardware.precision=autocast_bf16): the merged weights are still
+    W + B @ A * scale in fp32, not a bf16 product."""
+    model = lora_model(tiny_model)
+    layer = next(m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer"))
+    weight = layer.get_base_layer().weight
+    with torch.no_grad():
+        expected = weight + layer.get_delta_weight("default")
+    with torch.autocast("cpu", dtype=torch.bfloat16), generation.merged_lora(model):
+        torch.testing.assert_close(weight, expected, rtol=0, atol=1e-6)
+
+
 def test_stop_token_ids_from_generation_config_or_tokenizer():
     from types import SimpleNamespace
 
