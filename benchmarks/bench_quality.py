@@ -61,8 +61,12 @@ def dev_bleu_clock(model, tokenizer, dev, cfg, every: int, target: float, budget
             started = time.perf_counter()
             was_training = model.training
             model.eval()
+            base = model.get_base_model()  # (ours may train with eager attention: translate as every contender does)
+            kernel = base.config._attn_implementation
+            base.set_attn_implementation("sdpa")
             hypotheses = translate_chat(model, tokenizer, [e.source for e in dev], cfg.dataset, cfg.generate,
                                         translation_batch_size(cfg))
+            base.set_attn_implementation(kernel)
             model.train(was_training)
             bleu = score_corpus(hypotheses, [e.target for e in dev], tokenize=cfg.dataset.tokenize)["bleu4"]
             self.eval_seconds += time.perf_counter() - started
@@ -122,7 +126,14 @@ def run_contender(name: str, workdir: Path, every: int, target: float, budget_mi
     clock = dev_bleu_clock(trainer.model, tokenizer, dev, cfg, every, target, budget_minutes * 60)
     trainer.add_callback(clock)
     setup = time.perf_counter() - started
-    trainer.train()
+    if name == "ours":  # the attention kernel and adapter casts run.execute trains with
+        from benchmarks.bench_train import ours_kernels
+
+        with ours_kernels(cfg, trainer) as attention:
+            trainer.train()
+        settings["attention"] = attention.kernel if attention else "sdpa"
+    else:
+        trainer.train()
     if run is not None:
         import mlflow
 

@@ -221,19 +221,29 @@ def open_mlflow_run(workdir: Path):
     return mlflow.start_run()
 
 
+def ours_kernels(cfg, trainer):
+    """The attention kernel and adapter casts run.execute trains with (training.training_kernels)."""
+    from slt_hydra.training import training_kernels
+
+    return training_kernels(cfg, trainer.model.get_base_model(), trainer)
+
+
 def child_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = False) -> dict:
     import torch
 
     with open_mlflow_run(workdir):
         cfg, prepared, trainer, tokenizer = build_ours(steps, workdir, sft_extra, full_head)
         args = trainer.args
-        out = train_and_measure(trainer, steps, args.gradient_accumulation_steps, trainer.model, tokenizer,
-                                prepared.splits["dev"], cfg.dataset)
+        with ours_kernels(cfg, trainer) as attention:
+            out = train_and_measure(trainer, steps, args.gradient_accumulation_steps, trainer.model, tokenizer,
+                                    prepared.splits["dev"], cfg.dataset)
     out["settings"] = {k: getattr(args, k) for k in (
         "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy", "padding_free",
         "packing", "bf16", "fp16", "gradient_checkpointing", "optim", "dataloader_num_workers")}
     out["settings"]["torch_threads"] = torch.get_num_threads()
     out["settings"]["precision"] = cfg.hardware.precision  # hardware=auto: measured here (slt_hydra/precision.py)
+    out["settings"]["attention"] = attention.kernel if attention else "sdpa"
+    out["settings"]["attention_reason"] = attention.reason if attention else "the model's default"
     return out
 
 
@@ -281,13 +291,14 @@ def child_profile(steps: int, workdir: Path) -> dict:
             cpu["optimizer"] += cpu_seconds() - self.started_cpu
 
     with open_mlflow_run(workdir):
-        _, _, trainer, _ = build_ours(steps, workdir, {})
+        cfg, _, trainer, _ = build_ours(steps, workdir, {})
         trainer.compute_loss = timed("backbone_forward", trainer.compute_loss)
         trainer.accelerator.backward = timed("backbone_backward", trainer.accelerator.backward)
         trainer.data_collator = timed("collate", trainer.data_collator)
         trainer.add_callback(OptimizerTimer())
         cpu0 = cpu_seconds()
-        runtime = trainer.train().metrics["train_runtime"]
+        with ours_kernels(cfg, trainer):
+            runtime = trainer.train().metrics["train_runtime"]
         total_cpu = cpu_seconds() - cpu0
     for split in (wall, cpu):  # compute_loss and backward include the head's forward and backward
         split["backbone_forward"] -= split["head_forward"]

@@ -58,8 +58,9 @@ def resolve_hardware(cfg: DictConfig, machine: Machine | None,
     measured choice when hardware.precision was auto, else None."""
     if cfg.hardware.name == "auto":
         profile = load_option("hardware", auto_hardware_profile(machine))
-        if profile.device == "cpu":  # the auto profile measures what the cpu profile fixes at fp32
+        if profile.device == "cpu":  # the auto profile measures what the cpu profile fixes (fp32, sdpa)
             profile.precision = "auto"
+            profile.train_attention = "auto"
         hardware = OmegaConf.merge(cfg.hardware, profile)
         mine = [o for o in (command_line_overrides() if overrides is None else overrides)
                 if o.lstrip("+~").startswith("hardware.")]

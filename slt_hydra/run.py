@@ -32,7 +32,7 @@ from slt_hydra.pose_demo import write_pose_demo
 from slt_hydra.pose_model import load_encoder_settings
 from slt_hydra.precision import PrecisionChoice
 from slt_hydra.quiet import note_cpu_4bit_kernels
-from slt_hydra.training import resume_checkpoint, train_and_measure, truncation_counts
+from slt_hydra.training import resume_checkpoint, train_and_measure, training_kernels, truncation_counts
 
 log = logging.getLogger("slt_hydra")
 
@@ -262,7 +262,13 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
                            evaluate_dev, callbacks)
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     log_metrics(truncation_counts(trainer, len(splits["train"]), cfg.train.max_length))
-    train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
+    with training_kernels(cfg, model, trainer) as attention:
+        if attention is not None:
+            mlflow.set_tags({"train_attention": attention.kernel, "train_attention_reason": attention.reason})
+            mlflow.log_metrics({f"attention_ms_{name}": ms for name, ms in attention.milliseconds.items()})
+            log.info("hardware.train_attention -> %s: %s%s", attention.kernel, attention.reason,
+                     " (cached)" if attention.cached else "")
+        train_and_measure(trainer, evaluate_dev, checkpoint, done_before, log_metrics)
     cpu_4bit_inference_packing(trainer.model, enabled=True)  # training is over: translation may use it
     log_metrics(kind.after_training(trainer, logged["train_seconds"]))
 

@@ -107,6 +107,7 @@ class HardwareConfig:
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "float32"  # compute dtype for weights and activations
     precision: str = "float32"  # CPU: float32 | bf16_autocast | bfloat16 | auto (measured; slt_hydra/precision.py)
+    train_attention: str = "auto"  # training's attention kernel: sdpa | eager | auto (CPU: measured; else the model's)
     memory_gb: Optional[float] = None  # memory budget; null = detect (RAM on cpu, device memory on cuda)
     optim: str = "adamw_torch"  # Trainer optimizer name (paged_adamw_8bit needs CUDA)
     gradient_checkpointing: bool = False  # trade ~30% compute for much less activation memory
@@ -333,6 +334,7 @@ POSE_FORMATS = ("pose", "npy", "npz", "openpose_json")  # slt_hydra/pose.py read
 POSE_PARTS = ("body", "face", "left_hand", "right_hand")
 DTYPES = ("float32", "float16", "bfloat16")
 CPU_PRECISIONS = ("float32", "bf16_autocast", "bfloat16")  # slt_hydra/precision.py, safest first
+ATTENTION_KERNELS = ("sdpa", "eager")  # transformers' attn_implementation names; the model's default first
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 SPLITS = ("train", "dev", "test")
 
@@ -365,6 +367,7 @@ ALLOWED: Dict[str, Allowed] = {
     "hardware.device": one_of("cpu", "cuda", "auto"),
     "hardware.dtype": one_of(*DTYPES),
     "hardware.precision": one_of("auto", *CPU_PRECISIONS),
+    "hardware.train_attention": one_of("auto", *ATTENTION_KERNELS),
     "hardware.memory_gb": above(0, null=True),
     "hardware.optim": one_of(*OPTIMIZERS),
     "hardware.per_device_train_batch_size": at_least(1),

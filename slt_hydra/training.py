@@ -3,12 +3,14 @@ pass measured (dev loss before and after, real tokens per second). Shared by eve
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from slt_hydra import distributed, tracking
+from slt_hydra import distributed, precision, tracking
 from slt_hydra.metrics import perplexity
 
 log = logging.getLogger("slt_hydra")
@@ -86,6 +88,62 @@ def score_target_positions_only() -> None:
 
     compact.compact_on_cpu = True
     trl_utils._use_triton = compact
+
+
+def typical_length(dataset) -> int | None:
+    """The train examples' mean length in tokens (soft tokens included for pose input), rounded up to a multiple
+    of 8 so that similar corpora share a cached measurement; None where the dataset does not tell."""
+    columns = getattr(dataset, "column_names", None) or ()
+    if "length" in columns:  # the pose kind counts prompt, soft tokens and translation itself
+        lengths = list(dataset["length"])
+    elif "input_ids" in columns:  # TRL tokenized the chat examples
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    else:
+        return None
+    return 8 * math.ceil(sum(lengths) / len(lengths) / 8) if lengths else None
+
+
+def choose_train_attention(cfg: DictConfig, model, trainer) -> precision.AttentionChoice | None:
+    """hardware.train_attention as training will use it: sdpa or eager by name, or (auto, on a CPU) the faster of
+    the two measured at this run's batch, heads and typical length; None to keep what the model loaded with (a GPU,
+    an encoder-decoder, a model with neither kernel)."""
+    asked = cfg.hardware.get("train_attention", "auto")
+    loaded = getattr(model.config, "_attn_implementation", None)
+    if asked != "auto":
+        return precision.AttentionChoice(asked, f"hardware.train_attention={asked}")
+    config = model.config
+    if (cfg.hardware.device != "cpu" or config.is_encoder_decoder or loaded not in precision.ATTENTION_KERNELS
+            or not getattr(config, "num_attention_heads", None)):
+        return None
+    length = typical_length(trainer.train_dataset)
+    if length is None:
+        return None
+    heads = config.num_attention_heads
+    shape = (trainer.args.per_device_train_batch_size, heads, getattr(config, "num_key_value_heads", None) or heads,
+             length, getattr(config, "head_dim", None) or config.hidden_size // heads)
+    bf16 = cfg.hardware.get("precision") in ("bf16_autocast", "bfloat16")
+    return precision.choose_attention(shape, bf16, cfg.hardware.torch_threads, cfg.cache_dir)
+
+
+@contextlib.contextmanager
+def training_kernels(cfg: DictConfig, model, trainer):
+    """Training (and its dev-loss passes) with hardware.train_attention's kernel and, under autocast, without PEFT's
+    casts of each adapter's input to the adapter's fp32 (autocast casts every matmul's inputs anyway, so the values
+    are the same: two copies of every adapter input fewer per step). Afterwards the model attends as loaded, for
+    translation (a forward pass, where sdpa is as fast or faster). Yields the attention choice (None: as loaded)."""
+    from peft.helpers import disable_input_dtype_casting
+
+    loaded = getattr(model.config, "_attn_implementation", None)
+    choice = choose_train_attention(cfg, model, trainer)
+    switch = choice is not None and choice.kernel != loaded
+    if switch:
+        model.set_attn_implementation(choice.kernel)
+    try:
+        with disable_input_dtype_casting(trainer.model, active=bool(trainer.args.bf16 or trainer.args.fp16)):
+            yield choice
+    finally:
+        if switch:
+            model.set_attn_implementation(loaded)
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:

@@ -47,8 +47,10 @@ def test_without_native_bf16_it_is_fp32_and_nothing_is_measured(tmp_path):
 
 
 @pytest.mark.parametrize("gflops, expected", [
-    (rates(100, 330, 340), "bf16_autocast"),  # AMX-like: autocast 3.3x; bf16 weights barely faster than that
+    (rates(100, 330, 340), "bfloat16"),  # AMX-like: autocast 3.3x, bf16 weights as fast: no casts, half the memory
+    (rates(100, 330, 320), "bf16_autocast"),  # bf16 weights measured slower than autocast
     (rates(100, 200, 400), "bfloat16"),  # bf16 weights a further 2x
+    (rates(100, 110, 200), "bfloat16"),  # autocast within the margin, bf16 weights well past it
     (rates(100, 40, 45), "float32"),  # bf16 slower: the flags alone do not decide
     (rates(100, 110, 112), "float32"),  # within the margin: not worth the rounding
 ])
@@ -58,8 +60,14 @@ def test_with_native_bf16_the_measured_rates_decide(gflops, expected):
     assert all(name in reason for name in precision.PRECISIONS)  # the reason quotes every rate
 
 
+def test_quantized_weights_choose_between_fp32_and_autocast_only():
+    quantized = precision.PRECISIONS[:2]
+    assert precision.decide(True, rates(100, 330, 900), quantized)[0] == "bf16_autocast"
+    assert precision.decide(True, rates(100, 105, 900), quantized)[0] == "float32"
+
+
 def test_the_choice_is_kept_per_machine_and_shape(tmp_path):
-    calibration = CountingCalibration(rates(100, 300, 310))
+    calibration = CountingCalibration(rates(100, 300, 290))
     first = precision.choose(True, (64, 64, 128), 2, tmp_path, measure_fn=calibration)
     again = precision.choose(True, (64, 64, 128), 2, tmp_path, measure_fn=calibration)
     assert calibration.calls == 1
@@ -102,10 +110,11 @@ def test_hardware_auto_applies_the_choice_to_weights_and_trainer(make_cfg, tmp_p
     choice = resolve_hardware(cfg, WITH_BF16, overrides=[])
     assert (choice.precision, choice.cached) == ("bfloat16", True)
     assert (cfg.hardware.name, cfg.hardware.precision, cfg.hardware.dtype) == ("cpu", "bfloat16", "bfloat16")
+    assert cfg.hardware.train_attention == "auto"  # measured when training starts (tests/test_train_attention.py)
     assert trainer_arguments(cfg, tmp_path)["bf16"] is True
 
     cfg = make_cfg("hardware=auto", f"cache_dir={tmp_path / 'cache'}")
-    seed_cache(cfg, rates(100, 300, 310))
+    seed_cache(cfg, rates(100, 300, 290))
     resolve_hardware(cfg, WITH_BF16, overrides=[])
     assert (cfg.hardware.precision, cfg.hardware.dtype) == ("bf16_autocast", "float32")  # fp32 weights
     assert trainer_arguments(cfg, tmp_path)["bf16"] is True
@@ -127,6 +136,7 @@ def test_an_explicit_precision_or_profile_is_not_measured(make_cfg, tmp_path):
     assert cfg.hardware.precision == "float32"
     cfg = make_cfg("hardware=cpu", f"cache_dir={tmp_path}")  # the cpu profile fixes fp32: reproducible tests
     assert resolve_hardware(cfg, WITH_BF16) is None and cfg.hardware.precision == "float32"
+    assert cfg.hardware.train_attention == "sdpa"  # and the model's own attention kernel
     cfg = make_cfg("hardware=cpu", "hardware.dtype=bfloat16", f"cache_dir={tmp_path}")  # the older knob still works
     resolve_hardware(cfg, WITH_BF16)
     assert (cfg.hardware.precision, cfg.hardware.dtype) == ("bfloat16", "bfloat16")
