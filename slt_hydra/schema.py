@@ -94,7 +94,7 @@ class LoraConfig:
     enabled: bool = True  # false = full fine-tuning (not allowed on quantized weights)
     r: int = 16  # adapter rank: capacity and size of the adapter
     alpha: int = 32  # scaling numerator: effective scale alpha/r (alpha/sqrt(r) with rslora)
-    dropout: float = 0.05  # dropout on the adapter input
+    dropout: float = 0.0  # dropout on the adapter input (lora=default: why 0)
     target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # or "all-linear"
     bias: str = "none"  # none | all | lora_only
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)

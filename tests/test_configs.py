@@ -39,7 +39,7 @@ def test_defaults_are_the_embedded_offline_experiment(tmp_path):
     cfg = compose_config([], tmp_path)
     assert cfg.model.name == "smollm2_135m_instruct" and cfg.model.gguf
     assert (cfg.quant.name, cfg.hardware.name, cfg.dataset.name) == ("none", "auto", "demo")
-    assert cfg.lora.r == 16 and cfg.lora.alpha == 32 and cfg.lora.dropout == 0.05
+    assert cfg.lora.r == 16 and cfg.lora.alpha == 32 and cfg.lora.dropout == 0.0
     assert list(cfg.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert cfg.generate.num_beams == 1 and not cfg.generate.do_sample  # greedy
 

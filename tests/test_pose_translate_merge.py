@@ -27,9 +27,12 @@ def demo_poses() -> Path:
 
 @pytest.fixture(scope="module")
 def pose_run(tmp_path_factory, tiny_model) -> Path:
-    """A pose run's directory; a high learning rate so that 2 steps move the LoRA and encoder weights visibly."""
+    """A pose run's directory; a high learning rate so that 2 steps move the LoRA and encoder weights visibly, and
+    LoRA dropout 0.05 (the default until lora.dropout became 0): with it these 2 steps leave the random tiny model
+    giving different outputs for different poses (the first test checks that), which it does not without."""
     folder = tmp_path_factory.mktemp("pose_run")
     result = run_app(tiny_args(tiny_model, "+experiment=pose_quick", "pose.hidden=32", "pose.heads=2",
+                               "lora.dropout=0.05",
                                "train.num_train_epochs=1", "train.learning_rate=5e-2", "eval.zero_shot=false",
                                "eval.splits=[test]", "eval.objective=test_bleu4", f"hydra.run.dir={folder / 'run'}"),
                      folder)
