@@ -94,7 +94,6 @@ def build_trainer(make_cfg, tiny_model, tmp_path, *overrides):
 
 def loss_and_gradients(trainer, batch):
     """One forward and backward as a training step runs it (autocast where the trainer uses it)."""
-    import torch
 
     model = trainer.model
     model.train()
