@@ -222,7 +222,7 @@ def open_mlflow_run(workdir: Path):
 
 
 def ours_kernels(cfg, trainer):
-    """The attention kernel and adapter casts run.execute trains with (training.training_kernels)."""
+    """How run.execute trains (training.training_kernels): the attention kernel, the shared prefix, the casts."""
     from slt_hydra.training import training_kernels
 
     return training_kernels(cfg, trainer.model.get_base_model(), trainer)
@@ -236,7 +236,9 @@ def child_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
         args = trainer.args
         with ours_kernels(cfg, trainer) as attention:
             out = train_and_measure(trainer, steps, args.gradient_accumulation_steps, trainer.model, tokenizer,
-                                    prepared.splits["dev"], cfg.dataset)
+                                    None, cfg.dataset)
+        # the held-out loss as for every contender: the model's own forward, outside our training kernels
+        out["heldout_loss"] = heldout_loss(trainer.model, tokenizer, prepared.splits["dev"], cfg.dataset)
     out["settings"] = {k: getattr(args, k) for k in (
         "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy", "padding_free",
         "packing", "bf16", "fp16", "gradient_checkpointing", "optim", "dataloader_num_workers")}

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if precision is not None:
         print(f"hardware.precision=auto -> {precision.precision}: {precision.reason}"
               + (" (cached)" if precision.cached else ""))
+    if cfg.hardware.device == "cpu" and cfg.hardware.get("train_attention") == "auto":
+        print("hardware.train_attention=auto: sdpa or eager, whichever is faster at the run's batch and sentence "
+              "length, timed when training starts (docs/setup.md)")
     chosen = resolve_auto_quant(cfg, machine)
     plan = plan_memory(cfg, machine)
     if chosen:

@@ -127,10 +127,11 @@ def choose_train_attention(cfg: DictConfig, model, trainer) -> precision.Attenti
 
 @contextlib.contextmanager
 def training_kernels(cfg: DictConfig, model, trainer):
-    """Training (and its dev-loss passes) with hardware.train_attention's kernel and, under autocast, without PEFT's
-    casts of each adapter's input to the adapter's fp32 (autocast casts every matmul's inputs anyway, so the values
-    are the same: two copies of every adapter input fewer per step). Afterwards the model attends as loaded, for
-    translation (a forward pass, where sdpa is as fast or faster). Yields the attention choice (None: as loaded)."""
+    """Training (and its dev-loss passes) with hardware.train_attention's kernel, the batch's shared first tokens
+    run once (``shared_prefix``), and, under autocast, without PEFT's casts of each adapter's input to the adapter's
+    fp32 (autocast casts every matmul's inputs anyway, so the values are the same: two copies of every adapter input
+    fewer per step). Afterwards the model runs as loaded, for translation (generation has its own shared prefix; a
+    forward pass, where sdpa is as fast or faster). Yields the attention choice (None: as loaded)."""
     from peft.helpers import disable_input_dtype_casting
 
     loaded = getattr(model.config, "_attn_implementation", None)
@@ -139,11 +140,88 @@ def training_kernels(cfg: DictConfig, model, trainer):
     if switch:
         model.set_attn_implementation(choice.kernel)
     try:
-        with disable_input_dtype_casting(trainer.model, active=bool(trainer.args.bf16 or trainer.args.fp16)):
+        with (disable_input_dtype_casting(trainer.model, active=bool(trainer.args.bf16 or trainer.args.fp16)),
+              shared_prefix(model)):
             yield choice
     finally:
         if switch:
             model.set_attn_implementation(loaded)
+
+
+def shared_prefix_length(input_ids, inputs_embeds, attention_mask) -> int:
+    """How many first positions every row of the batch shares (same token or embedding, none of them padding),
+    leaving each row one of its own; 0 below 4 or for a single row."""
+    rows, width = attention_mask.shape
+    if rows < 2 or width < 5:
+        return 0
+    if input_ids is not None:
+        same = input_ids.eq(input_ids[:1]).all(0)
+    else:
+        same = inputs_embeds.eq(inputs_embeds[:1]).all(-1).all(0)
+    same &= attention_mask.bool().all(0)
+    length = min(int(same.long().cumprod(0).sum()), int(attention_mask.sum(1).min()) - 1)
+    return length if length >= 4 else 0
+
+
+@contextlib.contextmanager
+def shared_prefix(model):
+    """While training, the decoder runs the first tokens every row of a batch shares (the chat prompt's system turn:
+    16 of the demo's ~43 tokens per example) once, and the rest of every row against their keys and values,
+    expanded to the batch. The same attention, positions and gradients (the prefix's keys and values collect every
+    row's), as tests/test_train_attention.py checks; a third fewer positions through the decoder on the demo.
+
+    Only for a decoder whose cache is one plain growing layer per block and that drops nothing at random (dropout
+    would share its masks across the rows), without activation checkpointing, and only for the calls training makes
+    (no cache, no positions of their own); every other call, generation's too, runs as before."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    usable = (decoder is not None and not model.config.is_encoder_decoder
+              and not getattr(decoder, "gradient_checkpointing", False)
+              and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in decoder.modules())
+              and not getattr(decoder.config, "attention_dropout", 0.0))
+    if usable:
+        usable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=decoder.config).layers)
+    if not usable:
+        yield
+        return
+    forward, own_attribute = decoder.forward, decoder.__dict__.get("forward")
+
+    def forward_sharing(*args, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        own = (args or attention_mask is None or kwargs.get("use_cache") or any(
+            kwargs.get(key) is not None for key in ("past_key_values", "position_ids", "cache_position"))
+            or any(kwargs.get(key) for key in ("output_attentions", "output_hidden_states", "output_router_logits")))
+        length = 0 if own else shared_prefix_length(input_ids, inputs_embeds, attention_mask)
+        if not length:
+            return forward(*args, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                           **kwargs)
+        for key in ("use_cache", "past_key_values", "position_ids", "cache_position"):  # (None or False here)
+            kwargs.pop(key, None)
+        head = {"input_ids": input_ids[:1, :length]} if input_ids is not None \
+            else {"inputs_embeds": inputs_embeds[:1, :length]}
+        cache = DynamicCache(config=decoder.config)
+        prefix = forward(**head, attention_mask=attention_mask[:1, :length], past_key_values=cache, use_cache=True,
+                         **kwargs)
+        rows = attention_mask.shape[0]
+        shared = DynamicCache(config=decoder.config)
+        for index, layer in enumerate(cache.layers):
+            shared.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+        tail = {"input_ids": input_ids[:, length:]} if input_ids is not None \
+            else {"inputs_embeds": inputs_embeds[:, length:]}
+        rest = forward(**tail, attention_mask=attention_mask, past_key_values=shared, use_cache=True, **kwargs)
+        hidden = prefix.last_hidden_state.expand(rows, -1, -1)
+        return type(rest)(last_hidden_state=torch.cat([hidden, rest.last_hidden_state], dim=1))
+
+    decoder.forward = forward_sharing
+    try:
+        yield
+    finally:
+        if own_attribute is None:
+            del decoder.forward  # the class's own again
+        else:
+            decoder.forward = own_attribute
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:

@@ -140,6 +140,14 @@ def test_plan_cli_says_it_does_not_fit_and_what_to_change(tmp_path):
     assert bad.returncode == 2 and "no_such_model" in bad.stderr
 
 
+def test_plan_says_the_attention_kernel_is_timed_when_training_starts_on_a_cpu(tmp_path):
+    auto, _ = run_plan("hardware=cpu", "hardware.train_attention=auto", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    assert "hardware.train_attention=auto: sdpa or eager" in auto.stdout
+    fixed, _ = run_plan("hardware=cpu", cwd=tmp_path)  # the cpu profile fixes sdpa: nothing to say
+    assert fixed.returncode == 0 and "train_attention" not in fixed.stdout
+
+
 def test_plan_imports_neither_torch_nor_transformers(tmp_path):
     code = ("import sys; from slt_hydra.plan import main; rc = main(['model=qwen2.5_7b_instruct', 'quant=auto', "
             "'hardware=gpu_24gb']); heavy = {'torch', 'transformers'} & set(sys.modules); "

@@ -1,8 +1,9 @@
-"""hardware.train_attention: the attention kernel training runs (sdpa or eager), chosen by measurement on a CPU.
+"""How training computes (training.training_kernels): hardware.train_attention, the attention kernel (sdpa or
+eager) chosen by measurement on a CPU; the batch's shared first tokens run once; PEFT's input casts left to autocast.
 
 The decision is tested on given timings, the cache by counting how often the timing runs, the timing itself on this
-CPU, the switch on a real trainer (the tiny model: eager and sdpa give the same loss and gradients; the kernel is
-restored for translation; PEFT's casts under autocast change nothing), and a whole run's MLflow record.
+CPU, each change on a real trainer of the tiny model (eager and sdpa, a shared prefix or none, casts or none: the same
+loss and gradients; the model runs as loaded afterwards, for translation), and a whole run's MLflow record.
 """
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import json
 import pytest
 
 from slt_hydra import precision
-from slt_hydra.training import choose_train_attention, training_kernels, typical_length
+from slt_hydra.training import (
+    choose_train_attention,
+    shared_prefix,
+    shared_prefix_length,
+    training_kernels,
+    typical_length,
+)
 from tests.conftest import run_app, tiny_args
 from tests.test_pipeline import all_runs
 
@@ -114,6 +121,7 @@ def padded_batch(trainer):
 
 
 def test_eager_and_sdpa_train_the_same_and_translation_attends_as_loaded(make_cfg, tiny_model, tmp_path):
+    """The plain model (sdpa, every position of every row) against training_kernels with eager attention."""
     import torch
 
     cfg, model, trainer = build_trainer(make_cfg, tiny_model, tmp_path, "hardware.train_attention=eager",
@@ -144,7 +152,8 @@ def test_under_autocast_the_adapters_skip_peft_input_casts_with_the_same_gradien
     assert trainer.args.bf16 and next(model.parameters()).dtype == torch.bfloat16
     layers = [m for m in trainer.model.modules() if isinstance(m, BaseTunerLayer)]
     batch = padded_batch(trainer)
-    cast_loss, cast_grads = loss_and_gradients(trainer, batch)
+    with shared_prefix(model):  # as training_kernels runs it, but with PEFT's casts
+        cast_loss, cast_grads = loss_and_gradients(trainer, batch)
     with training_kernels(cfg, model, trainer):
         assert layers and not any(layer.cast_input_dtype_enabled for layer in layers)
         loss, grads = loss_and_gradients(trainer, batch)
@@ -177,3 +186,81 @@ def test_a_run_records_the_measured_attention_kernel(tiny_model, tmp_path):
     assert "measured" in run.data.tags["train_attention_reason"]
     assert run.data.metrics["attention_ms_sdpa"] > 0 and run.data.metrics["attention_ms_eager"] > 0
     assert run.data.metrics["train_tokens"] > 0 and "test_bleu4" in run.data.metrics
+
+
+def test_shared_prefix_length_counts_common_unpadded_first_positions():
+    import torch
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 0], [1, 2, 3, 4, 5, 7, 8], [1, 2, 3, 4, 9, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1] * 7, [1] * 7])
+    assert shared_prefix_length(ids, None, mask) == 4
+    assert shared_prefix_length(ids[:1], None, mask[:1]) == 0  # one row: nothing to share
+    assert shared_prefix_length(ids[:, :3], None, mask[:, :3]) == 0  # too short to be worth it
+    same = torch.tensor([[1, 2, 3, 4, 5, 6]] * 2)
+    assert shared_prefix_length(same, None, torch.ones_like(same)) == 5  # each row keeps one position of its own
+    embeds = torch.nn.functional.one_hot(ids, 10).float()
+    assert shared_prefix_length(None, embeds, mask) == 4
+
+
+def test_sharing_the_prefix_trains_the_same_with_fewer_positions(make_cfg, tiny_model, tmp_path):
+    import torch
+
+    cfg, model, trainer = build_trainer(make_cfg, tiny_model, tmp_path, "hardware.train_attention=sdpa",
+                                        "lora.dropout=0")
+    batch = padded_batch(trainer)
+    common = shared_prefix_length(batch["input_ids"], None, batch["attention_mask"])
+    assert common >= 4, "the chat template's system turn starts every row"
+    positions = []
+    hook = model.get_decoder().layers[0].register_forward_hook(
+        lambda module, args, out: positions.append(tuple(args[0].shape[:2])))
+    plain_loss, plain_grads = loss_and_gradients(trainer, batch)
+    rows, width = batch["input_ids"].shape
+    assert positions == [(rows, width)]
+    positions.clear()
+    with shared_prefix(model):
+        shared_loss, shared_grads = loss_and_gradients(trainer, batch)
+        assert positions == [(1, common), (rows, width - common)]  # the prefix once, then the rest of every row
+        positions.clear()
+        with torch.no_grad():  # generation's calls (a cache of their own) run as before
+            model(input_ids=batch["input_ids"][:, :3], use_cache=True)
+        assert positions == [(rows, 3)]
+    hook.remove()
+    assert "forward" not in vars(model.get_decoder())  # the class's own forward again
+    assert torch.allclose(shared_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    assert plain_grads and set(shared_grads) == set(plain_grads)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(shared_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_sharing_the_prefix_of_embeddings_gives_the_same_loss(tiny_model):
+    """The pose kind hands the decoder embeddings (soft tokens among the prompt's): the prefix is found in them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (3, 14), generator=generator)
+    ids[:, :6] = ids[0, :6]  # a shared prompt head
+    mask = torch.ones_like(ids)
+    mask[2, 10:] = 0
+    embeds = model.get_input_embeddings()(ids)
+    embeds[1, 8] = torch.randn(embeds.shape[-1], generator=generator)  # a soft token: not a vocabulary row
+    labels = ids.masked_fill(mask == 0, -100)
+    plain = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    with shared_prefix(model):
+        shared = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(shared, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_in_the_decoder_keeps_every_row_to_itself(make_cfg, tiny_model, tmp_path):
+    """LoRA dropout would share its masks across the rows for the prefix: then nothing is shared."""
+    cfg, model, trainer = build_trainer(make_cfg, tiny_model, tmp_path, "hardware.train_attention=sdpa",
+                                        "lora.dropout=0.1")
+    batch = padded_batch(trainer)
+    positions = []
+    hook = model.get_decoder().layers[0].register_forward_hook(
+        lambda module, args, out: positions.append(tuple(args[0].shape[:2])))
+    with shared_prefix(model):
+        loss_and_gradients(trainer, batch)
+    hook.remove()
+    assert positions == [tuple(batch["input_ids"].shape)]
