@@ -140,8 +140,9 @@ def training_kernels(cfg: DictConfig, model, trainer):
     if switch:
         model.set_attn_implementation(choice.kernel)
     try:
+        # (FSDP/ZeRO-3 gather each block's weights around its forward: one forward per block and step, untouched)
         with (disable_input_dtype_casting(trainer.model, active=bool(trainer.args.bf16 or trainer.args.fp16)),
-              shared_prefix(model)):
+              shared_prefix(model) if not distributed.sharded(cfg.hardware) else contextlib.nullcontext()):
             yield choice
     finally:
         if switch:
