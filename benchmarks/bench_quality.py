@@ -12,7 +12,9 @@ hyperparameters and schedule (1 epoch = 38 steps of 16, learning rate, warm-up, 
 - trl_tuned:    plain TRL tuned for CPU (fp32, no gradient checkpointing, adamw_torch), as the throughput table's.
 
 Every --every optimizer steps, and when the clock passes --budget-minutes, the training pauses and one function
-(the same for both: slt_hydra's batched greedy translation, no autocast, then sacrebleu) translates and scores the
+(the same for both: slt_hydra's batched greedy translation, in the precision the contender holds its model in,
+as run.execute translates: bf16 autocast for ours where it chose bf16, fp32 for plain TRL's fp32 models; then
+sacrebleu) translates and scores the
 whole dev split (100 sentences); the clock stops while it does, so the minutes are training minutes. A contender
 stops at the first evaluation at or above the target, at the end of the epoch, or at the budget. Model loading
 and trainer set-up are timed apart (``setup_seconds``).
@@ -20,6 +22,8 @@ and trainer set-up are timed apart (``setup_seconds``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import tempfile
@@ -33,7 +37,8 @@ DEFAULT_JOB = ["train.eval_strategy=no", "train.save_strategy=no", "train.load_b
 CONTENDERS = ("ours", "trl_tuned", "trl_defaults")
 
 
-def dev_bleu_clock(model, tokenizer, dev, cfg, every: int, target: float, budget_seconds: float):
+def dev_bleu_clock(model, tokenizer, dev, cfg, every: int, target: float, budget_seconds: float,
+                   translating=contextlib.nullcontext):
     """A TrainerCallback: every ``every`` steps (and at the budget or the last step) it stops the clock, scores the
     dev split, records (step, training seconds, BLEU-4), and ends training at the target or the budget."""
     from transformers import TrainerCallback
@@ -64,8 +69,9 @@ def dev_bleu_clock(model, tokenizer, dev, cfg, every: int, target: float, budget
             base = model.get_base_model()  # (ours may train with eager attention: translate as every contender does)
             kernel = base.config._attn_implementation
             base.set_attn_implementation("sdpa")
-            hypotheses = translate_chat(model, tokenizer, [e.source for e in dev], cfg.dataset, cfg.generate,
-                                        translation_batch_size(cfg))
+            with translating():
+                hypotheses = translate_chat(model, tokenizer, [e.source for e in dev], cfg.dataset, cfg.generate,
+                                            translation_batch_size(cfg))
             base.set_attn_implementation(kernel)
             model.train(was_training)
             bleu = score_corpus(hypotheses, [e.target for e in dev], tokenize=cfg.dataset.tokenize)["bleu4"]
@@ -123,7 +129,12 @@ def run_contender(name: str, workdir: Path, every: int, target: float, budget_mi
         cfg, dev, trainer, tokenizer, settings = build_plain_trl(name, workdir)
     else:
         raise SystemExit(f"unknown contender {name!r}")
-    clock = dev_bleu_clock(trainer.model, tokenizer, dev, cfg, every, target, budget_minutes * 60)
+    translating = contextlib.nullcontext
+    if name == "ours":  # as run.execute translates: under the precision's autocast (bf16 weights need it)
+        from slt_hydra.precision import autocast
+
+        translating = functools.partial(autocast, cfg.hardware)
+    clock = dev_bleu_clock(trainer.model, tokenizer, dev, cfg, every, target, budget_minutes * 60, translating)
     trainer.add_callback(clock)
     setup = time.perf_counter() - started
     if name == "ours":  # the attention kernel and adapter casts run.execute trains with
@@ -189,7 +200,8 @@ def render(q: dict) -> list[str]:
         "",
         f"The default job's schedule (1 epoch = {ours['max_steps']} steps of 16; its learning rate, warm-up and "
         f"decay) for every contender; every {ours['every']} steps the clock stops while one function (slt_hydra's "
-        f"batched greedy translation, no autocast; sacrebleu) scores the whole dev split ({ours['dev_sentences']} "
+        "batched greedy translation, in the precision the contender trains in as run.execute translates; sacrebleu) "
+        f"scores the whole dev split ({ours['dev_sentences']} "
         f"sentences). Budget {ours['budget_minutes']:g} min of training per contender"
         + ("" if ours.get("native_bf16", True) else f" ({q['trl_defaults']['budget_minutes']:g} min for plain TRL's "
            "defaults: this CPU emulates bf16)" if "trl_defaults" in q else "")
@@ -198,7 +210,11 @@ def render(q: dict) -> list[str]:
         f"| contender | precision | minutes to dev BLEU-4 {target:g} | s / step | set-up s | dev BLEU-4 by step |",
         "|---|---|---|---|---|---|",
     ]
-    rows = [("**ours**", ours, ours["settings"].get("precision"))]
+    how = {"float32": "fp32", "bf16_autocast": "bf16 autocast", "bfloat16": "bf16 weights"}.get(
+        ours["settings"].get("precision"), ours["settings"].get("precision"))
+    if ours["settings"].get("attention"):
+        how += f", {ours['settings']['attention']} attention"
+    rows = [("**ours**", ours, how)]
     rows += [(label, q[name], "bf16 autocast, grad. ckpt" if q[name]["settings"].get("bf16") else "fp32")
              for name, label in PLAIN.items() if name in q]
     for label, r, precision in rows:

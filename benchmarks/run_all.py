@@ -123,7 +123,7 @@ def render(r: dict) -> str:
         "- Medians over repetitions; contenders alternate (A B, B A, ...) and each runs in its own process.",
         "",
     ]
-    lines += render_train(r["train"], r.get("profile"), s)
+    lines += render_train(r["train"], r.get("profile"), s, r["translate"].get("shared_prefix_tokens"))
     lines += render_translate(r["translate"])
     lines += render_overhead(r["overhead"], s)
     if r.get("quality"):
@@ -165,7 +165,7 @@ def fmt_load(load) -> str:
     return "n/a" if not load else " / ".join(f"{x:.1f}" for x in load)
 
 
-def render_train(t: dict, profile: dict | None, s: dict) -> list[str]:
+def render_train(t: dict, profile: dict | None, s: dict, prefix_tokens: int | None = None) -> list[str]:
     sm = t["summary"]
     names = {"ours": "**ours** (`python -m slt_hydra` defaults)", "trl_tuned": "plain TRL, tuned for CPU",
              "ours_full_head": "ours before `score_target_positions_only` (TRL's CPU loss over every position)",
@@ -224,7 +224,7 @@ def render_train(t: dict, profile: dict | None, s: dict) -> list[str]:
     lines.append("")
     if profile:
         lines += render_profile(profile, sm.get("ours"), sm.get(sm.get("best_plain", ""), None),
-                                names.get(sm.get("best_plain", ""), "the baseline"))
+                                names.get(sm.get("best_plain", ""), "the baseline"), prefix_tokens)
     return lines
 
 
@@ -250,12 +250,18 @@ def settings_text(st: dict) -> str:
     if st.get("packing"):
         parts.append("packing")
     parts.append("grad. ckpt" if st.get("gradient_checkpointing") else "no grad. ckpt")
+    if st.get("attention"):  # ours: hardware.train_attention as chosen here
+        parts.append(f"{st['attention']} attention")
     parts.append(st.get("optim", ""))
     parts.append(f"{st.get('torch_threads')} threads")
     return ", ".join(p for p in parts if p)
 
 
-def render_profile(p: dict, ours: dict | None, baseline: dict | None = None, baseline_name: str = "") -> list[str]:
+PRECISION_WORDS = {"float32": "fp32", "bf16_autocast": "bf16 autocast over fp32 weights", "bfloat16": "bf16 weights"}
+
+
+def render_profile(p: dict, ours: dict | None, baseline: dict | None = None, baseline_name: str = "",
+                   prefix_tokens: int | None = None) -> list[str]:
     steps = p["steps"]
     lines = [
         "### Where our training step's time goes",
@@ -271,29 +277,35 @@ def render_profile(p: dict, ours: dict | None, baseline: dict | None = None, bas
                      f"{fmt(100 * p['cpu'][key] / p['total_cpu_seconds'], 1)} % |")
     head = (p["cpu"]["head_forward"] + p["cpu"]["head_backward"]) / p["total_cpu_seconds"]
     targets = f"{fmt(100 * ours['target_tokens'] / ours['real_tokens'], 0)} %" if ours else "a fifth"
+    st = (ours or {}).get("settings", {})
+    how = PRECISION_WORDS.get(st.get("precision"), "fp32")
+    if st.get("attention"):
+        how += f", {st['attention']} attention ({st.get('attention_reason', 'the model default')})"
+    shared = ""
+    if prefix_tokens and ours:  # the chat turn every row starts with, run once per batch of 16
+        rows = ours["examples"] / ours["steps"]
+        saved = (rows - 1) * prefix_tokens / (ours["real_tokens"] / ours["steps"])
+        shared = (f" It runs the chat turn every row starts with ({prefix_tokens} tokens) once per batch, so about "
+                  f"{fmt(100 * saved, 0)} % of the real tokens never pass through it.")
     lines += [
         "",
-        f"The LM head and loss now take {fmt(100 * head, 0)} % of our step: they score only the translation's "
+        f"The LM head and loss take {fmt(100 * head, 0)} % of our step: they score only the translation's "
         f"positions ({targets} of the real tokens here; the chat prompt is most of each sequence), where TRL 1.16 on a "
         "CPU (no Triton) sends every position, prompt and padding included, through the 49k-word vocabulary and back "
-        "(the row \"ours before\"). The rest is the 30-layer backbone in fp32, the same work the baseline does on "
-        "the same real tokens; length-grouped batches leave it almost no padding. TRL's `padding_free=True` was "
-        "slower on top of them (80 against 105 real tokens/s in a 3-step side run, before the LM-head change: "
-        "`python -m benchmarks.bench_train --contenders ours --steps 3 --reps 1 --sft-extra "
-        "'{\"padding_free\": true, \"max_length\": null}'`, same loss): with no varlen attention kernel on "
-        "CPU, SDPA attends over the whole flattened batch under a block-diagonal mask.",
+        f"(the row \"ours before\"). The rest is the 30-layer backbone in {how}." + shared + " Length-grouped "
+        "batches leave it almost no padding. (TRL's `padding_free=True` was slower on top of them in a side run on "
+        "the fp32 EPYC of 2026-12-03, 80 against 105 real tokens/s: with no varlen attention kernel on CPU, SDPA "
+        "attends over the whole flattened batch under a block-diagonal mask.)",
         "",
     ]
     if ours and baseline:  # the ceiling: ours with everything but the backbone free, against the baseline
         backbone = (p["cpu"]["backbone_forward"] + p["cpu"]["backbone_backward"]) / p["total_cpu_seconds"]
         ceiling = ours["real_tokens_per_second"] / backbone / baseline["real_tokens_per_second"]
         lines += [
-            f"The limit: the backbone's forward and backward are {fmt(100 * backbone, 0)} % of our step, the same "
-            f"per-token work the baseline ({baseline_name}) does; were everything else free, ours would run "
-            f"{ceiling:.1f}x it here"
-            + (f", so the {TRAIN_TARGET:.0f}x target needs a faster backbone on this CPU (bf16 where the CPU has "
-               "it; fused kernels such as `torch.compile`'s, not tried here), not less work around it."
-               if ceiling < TRAIN_TARGET else "."),
+            f"The limit: the backbone's forward and backward are {fmt(100 * backbone, 0)} % of our step; were "
+            f"everything else free, ours would run {ceiling:.1f}x the baseline ({baseline_name}) here"
+            + (f", so the {TRAIN_TARGET:.0f}x target needs a faster backbone on this CPU (fused kernels such as "
+               "`torch.compile`'s, not tried here), not less work around it." if ceiling < TRAIN_TARGET else "."),
             "",
         ]
     return lines
@@ -344,8 +356,7 @@ def render_translate(t: dict) -> list[str]:
     same = t.get("best_same_bleu")  # the fastest row of ours whose BLEU-4 is within 0.5 of the fp32 pipeline's
     if same is None and "best_same_bleu" not in t:  # results saved before that row existed
         same = t["best"] if abs(sm[t["best"]].get("bleu4", 0) - sm["pipeline"].get("bleu4", 0)) <= 0.5 else None
-    precision = {"float32": "fp32", "bf16_autocast": "bf16 autocast over fp32 weights",
-                 "bfloat16": "bf16 weights"}.get(t.get("precision"), t.get("precision"))
+    precision = PRECISION_WORDS.get(t.get("precision"), t.get("precision"))
     lines += [
         "",
         f"- Best batch size: **{t['best_batch_size']}** ({best:.1f}x the faster pipeline, in {precision}), BLEU-4 "
@@ -376,6 +387,14 @@ def render_translate(t: dict) -> list[str]:
         row = sm.get(f"{other}_b{largest}")
         return f"{mine['translations_per_second'] / row['translations_per_second']:.2f}x" if row and mine else "n/a"
 
+    outputs_text = "bf16 or int8 weights would cut the work but change the outputs. "
+    if t.get("precision", "float32") != "float32":
+        row, fp32 = sm[t["best"]], next((k for k in sm if k.startswith("oursfp32")), None)
+        outputs_text = (f"bf16 changes some outputs: {row['sentences'] - row['identical']} of {row['sentences']} "
+                        f"differ from the fp32 pipeline's at batch {t['best_batch_size']}")
+        outputs_text += (f"; on fp32 weights ours gives its outputs exactly ({sm[fp32]['identical']}/"
+                         f"{sm[fp32]['sentences']}) at {fmt(sm[fp32]['translations_per_second'])} translations/s "
+                         f"({sm[fp32]['speedup']:.1f}x). " if fp32 else ". ")
     lines += [
         "- GFLOP = 2 x the weight matrices' multiply-adds over the positions each contender's forward passes really "
         "ran (counted by a wrapper around the model's forward; attention scores left out, ~1 % at these lengths).",
@@ -387,22 +406,24 @@ def render_translate(t: dict) -> list[str]:
         "The pipeline rows run the adapter unmerged, as PEFT hands it over; merging it first (`merge_and_unload`) "
         "would speed the pipeline up too (not measured here).",
         f"- Where the time goes: a plain fp32 matmul of the model's MLP shape (1024 rows) runs "
-        f"{fmt(t['matmul_gflop_per_second'], 0)} GFLOP/s on this machine. Ours runs "
+        f"{fmt(t['matmul_gflop_per_second'], 0)} GFLOP/s on this machine. Ours ({precision}) runs "
         f"{fmt(ours['gflop_per_second'], 0)} GFLOP/s "
-        f"({fmt(100 * ours['gflop_per_second'] / t['matmul_gflop_per_second'], 0)} % of it: the decoding steps' "
-        "small matrices, attention and norms run slower), the pipeline "
+        + (f"({fmt(100 * ours['gflop_per_second'] / t['matmul_gflop_per_second'], 0)} % of it: the decoding steps' "
+           "small matrices, attention and norms run slower)" if t.get("precision", "float32") == "float32"
+           else "(bf16 matmuls)")
+        + ", the pipeline "
         f"{fmt(pipeline['gflop_per_second'], 0)} GFLOP/s (one sentence at a time). Ours does "
         f"{fmt(ours['gflop_per_translation'])} GFLOP per translation at batch {t['best_batch_size']} (the pipeline "
         f"{fmt(pipeline['gflop_per_translation'])}); the least any batched greedy decoder can do here is "
         f"{fmt(least)} (each prompt's own ~{t['own_prompt_tokens']:.0f} tokens and each new token once, no padding): "
         f"{ceiling:.1f}x the pipeline at our rate, {roof:.1f}x at the plain matmul's."
         + (f" So the {TRANSLATE_TARGET:.0f}x target is out of reach on this CPU in fp32 with identical outputs."
-           if roof < TRANSLATE_TARGET else ""),
+           if roof < TRANSLATE_TARGET and t.get("precision", "float32") == "float32" else ""),
         (f"- transformers' continuous batching (paged cache, prompts packed without padding, finished rows dropped) "
          f"gives the same outputs at {fmt(sm['generate_batch']['translations_per_second'])} translations/s "
          f"({fmt(sm['generate_batch']['gflop_per_second'], 0)} GFLOP/s) here. " if "generate_batch" in sm else "- ")
-        + "bf16 or int8 weights would cut the work but change the outputs. "
-        f"The pipeline takes {fmt(pipeline['seconds_per_translation'], 2)} s per translation here, not the "
+        + outputs_text
+        + f"The pipeline takes {fmt(pipeline['seconds_per_translation'], 2)} s per translation here, not the "
         "guides' 2-5 s: bigger models, where one-at-a-time decoding waits on memory reads that a batch shares.",
     ]
     diffs = t["runs"][0]["differences"].get(t["best"], [])
