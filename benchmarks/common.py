@@ -193,7 +193,16 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(), "os": platform.platform(), "versions": versions,
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "lora": lora_settings(),
     }
+
+
+def lora_settings() -> dict[str, Any]:
+    """The default job's adapter, which every training contender uses."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONF / "lora" / "default.yaml")
+    return {key: OmegaConf.to_container(cfg)[key] for key in ("r", "alpha", "dropout", "target_modules")}
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
