@@ -128,7 +128,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 def merged_lora(model):
     """A LoRA adapter merged into its base weights while the model translates, unmerged after (PEFT's
     ``merge_adapter``/``unmerge_adapter``): each adapted projection becomes one matmul instead of three plus a
-    scale and an add, which on CPU cost more than their arithmetic (docs/benchmarks.md). Only over fp32
+    scale and an add, which on CPU cost more than their arithmetic (docs/benchmarks_epyc_nobf16.md). Only over fp32
     ``nn.Linear`` weights in one process: unmerging restores fp32 weights to within rounding (~1e-7 relative),
     bf16/fp16 ones it would not; bitsandbytes' 4/8-bit ones PEFT re-quantizes; FSDP/ZeRO hold shards."""
     import torch
@@ -161,7 +161,8 @@ def several_processes() -> bool:
 def contiguous_input(module, args):
     """A forward pre-hook for the LM head. In prefill, generate keeps only each row's last hidden state for the
     head; that slice of a batch is not contiguous, and torch then runs the head as a batched matmul against the
-    weight broadcast to every row, several times slower than one plain matmul (docs/benchmarks.md)."""
+    weight broadcast to every row, several times slower than one plain matmul (measured on the EPYC of
+    docs/benchmarks_epyc_nobf16.md)."""
     return (args[0].contiguous(), *args[1:])
 
 

@@ -7,18 +7,18 @@
   (PEFT keeps adapters in fp32), matmuls under bf16 autocast.
 
 A CPU without native bf16 instructions (AVX512-BF16 or AMX) emulates bf16, many times slower than fp32
-(docs/benchmarks.md): there it is fp32, with nothing measured. With them, a short calibration times the model's own
-widest projection (hidden -> intermediate, one train batch of rows), forward and input-gradient backward as in LoRA
-training, in each precision. bf16 is chosen over fp32 only when it measures ``MARGIN`` faster; bf16 weights over
-bf16 autocast when they measure at least as fast (autocast rounds the weights to bf16 for every matmul anyway;
-holding them so saves the casts and half their memory). The answer is kept per machine (CPU model, its bf16
+(docs/benchmarks_epyc_nobf16.md): there it is fp32, with nothing measured. With them, a short calibration times the
+model's own widest projection (hidden -> intermediate, one train batch of rows), forward and input-gradient backward
+as in LoRA training, in each precision. bf16 is chosen over fp32 only when it measures ``MARGIN`` faster; bf16
+weights over bf16 autocast when they measure at least as fast (autocast rounds the weights to bf16 for every matmul
+anyway; holding them so saves the casts and half their memory). The answer is kept per machine (CPU model, its bf16
 flags, torch version, threads, shape) in ``<cache_dir>/cpu_precision.json``, so the next run on this machine
 reads it instead of measuring.
 
 Training's attention kernel (``hardware.train_attention=auto``) is chosen the same way, on a CPU: torch's fused
 ``sdpa`` kernel or transformers' ``eager`` attention (two matmuls and a softmax), whichever runs the attention's
 forward and backward faster at the train batch's shape. In bf16, torch's CPU flash-attention backward has a large
-fixed cost that short sign-language sentences never amortise (docs/benchmarks.md), so eager often wins there.
+fixed cost that short sign-language sentences never amortise (docs/setup.md), so eager often wins there.
 
 torch is imported only to measure, so the planner and the fast checks stay torch-free on a cache hit.
 """
@@ -28,6 +28,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,8 @@ def decide(native_bf16: bool, gflops: dict[str, float] | None,
 
 def measure(rows: int, k: int, n: int, threads: int | None = None, seconds: float = 0.2) -> dict[str, float]:
     """GFLOP/s of y = x W^T (W: n x k, frozen) forward and dL/dx backward, per precision, on this CPU, with
-    ``threads`` torch threads (None: leave torch's setting alone, as the run will)."""
+    ``threads`` torch threads (None: leave torch's setting alone, as the run will). The median repetition, so
+    neither another process's bursts nor a lucky one decide."""
     import torch
 
     if threads:
@@ -84,11 +86,12 @@ def measure(rows: int, k: int, n: int, threads: int | None = None, seconds: floa
         x = torch.randn(rows, k, generator=generator).to(dtype).requires_grad_(True)
         autocast_on = name == "bf16_autocast"
         _linear_step(x, weight, autocast_on)  # warm-up: kernel selection, first allocations
-        steps, start = 0, time.perf_counter()
-        while steps < 2 or time.perf_counter() - start < seconds:
+        times = []
+        while len(times) < 5 or sum(times) < seconds:
+            started = time.perf_counter()
             _linear_step(x, weight, autocast_on)
-            steps += 1
-        rates[name] = flops * steps / (time.perf_counter() - start) / 1e9
+            times.append(time.perf_counter() - started)
+        rates[name] = flops / statistics.median(times) / 1e9
     return rates
 
 

@@ -19,7 +19,8 @@ log = logging.getLogger("slt_hydra")
 def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
     """The Trainer arguments from the train and hardware groups, shared by TRL's SFTConfig (chat LLMs) and
     Seq2SeqTrainingArguments (T5, NLLB). Everything precision-related is explicit: SFTConfig's own defaults
-    (bf16=True, gradient_checkpointing=True) are a trap on CPU (docs/benchmarks.md)."""
+    (bf16=True, gradient_checkpointing=True) are a trap on a CPU that emulates bf16
+    (docs/benchmarks_epyc_nobf16.md)."""
     hw, train = cfg.hardware, cfg.train
     on_cuda = hw.device == "cuda"
     return dict(
