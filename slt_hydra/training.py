@@ -192,9 +192,10 @@ def shared_prefix(model):
     forward, own_attribute = decoder.forward, decoder.__dict__.get("forward")
 
     def forward_sharing(*args, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
-        own = (args or attention_mask is None or kwargs.get("use_cache") or any(
-            kwargs.get(key) is not None for key in ("past_key_values", "position_ids", "cache_position"))
-            or any(kwargs.get(key) for key in ("output_attentions", "output_hidden_states", "output_router_logits")))
+        own = (args or attention_mask is None or kwargs.get("use_cache") or kwargs.get("return_dict") is False
+               or any(kwargs.get(key) is not None for key in ("past_key_values", "position_ids", "cache_position"))
+               or any(kwargs.get(key) for key in ("output_attentions", "output_hidden_states", "output_router_logits"))
+               or any(torch.is_tensor(value) for value in kwargs.values()))  # (per-position inputs we do not split)
         length = 0 if own else shared_prefix_length(input_ids, inputs_embeds, attention_mask)
         if not length:
             return forward(*args, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
