@@ -3,13 +3,16 @@
     python -m benchmarks.bench_overhead --steps 9 --eval-samples 50   # shortened (what make bench runs)
     python -m benchmarks.bench_overhead                  # the whole default job, as `make run` runs it (~5 min)
 
-The job runs as a subprocess in a temporary folder with its own MLflow store. The parent timestamps the job's
+The job runs as a subprocess (under ``python -X importtime``) in a temporary folder with its own MLflow store.
+The parent timestamps the job's
 output as it arrives (the training progress bar's ``0/N`` and ``1/N``: training start and the end of the first
 optimizer step), then reads the run from MLflow: the durations the job logs (``model_load_seconds``,
 ``train_seconds``, ``*_translations_per_second``, ``eval_runtime``) and the metrics' timestamps for the rest.
 A shortened job (one epoch of --steps steps, --eval-samples dev/test sentences) is also scaled up to the
 default job (38 steps, 100 + 100 sentences): training, generation and dev-loss evaluation grow with the data,
-the suite's own overhead does not.
+the suite's own overhead does not. Of the suite's phases, the seconds the job spent importing the packages a plain
+TRL + PEFT script imports too (torch, transformers, TRL, PEFT, datasets and what they import) are counted from the
+job's own ``-X importtime`` lines, in the same process, so the machine's speed that moment weighs on both sides.
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ from pathlib import Path
 from benchmarks.common import ROOT, child_env, fmt
 
 
-def run_job(overrides: list[str], workdir: Path, log=None) -> dict:
-    """Run the job, timestamping its progress bar; return wall time, marks and the MLflow run's data."""
+def run_job(overrides: list[str], workdir: Path, log=None, importtime: bool = False) -> dict:
+    """Run the job, timestamping its progress bar; return wall time, marks and the MLflow run's data
+    (``importtime``: under `python -X importtime`, with the seconds each module's import took)."""
     workdir.mkdir(parents=True, exist_ok=True)
     init_store(workdir)
-    command = [sys.executable, "-m", "slt_hydra", *overrides]
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "slt_hydra", *overrides]
     started_wall, started = time.time(), time.perf_counter()
     proc = subprocess.Popen(command, cwd=workdir, env=child_env(workdir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -55,12 +59,26 @@ def run_job(overrides: list[str], workdir: Path, log=None) -> dict:
     wall = time.perf_counter() - started
     reader.join(timeout=10)
     output = b"".join(chunks).decode("utf-8", "replace")
+    imports = import_self_seconds(output)
+    output = IMPORT_LINE.sub("", output)
     if log is not None:
         log.write(f"$ {' '.join(command)}\n{output}\n")
     if code != 0:
         raise RuntimeError(f"python -m slt_hydra {' '.join(overrides)} failed (exit {code}):\n"
                            + "\n".join(output.strip().splitlines()[-25:]))
-    return {"wall": wall, "started_wall": started_wall, "marks": marks, "run": read_run(workdir)}
+    return {"wall": wall, "started_wall": started_wall, "marks": marks, "run": read_run(workdir), "imports": imports}
+
+
+# `-X importtime` writes one line per module: self and cumulative microseconds, the name indented by depth
+IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \| +([\w.]+)\n?")
+
+
+def import_self_seconds(output: str) -> dict[str, float]:
+    """{module: seconds its own import took, its imports left out} from a process's `-X importtime` lines."""
+    seconds: dict[str, float] = {}
+    for micro, name in IMPORT_LINE.findall(output):
+        seconds[name] = seconds.get(name, 0.0) + int(micro) / 1e6
+    return seconds
 
 
 def init_store(workdir: Path) -> None:
@@ -162,7 +180,7 @@ def phases(job: dict, train_steps: int) -> dict:
     }
 
 
-def default_job_estimate(result: dict, train_steps: int, default_steps: int, library_imports: float) -> dict:
+def default_job_estimate(result: dict, train_steps: int, default_steps: int, shared: float) -> dict:
     """The default job's phases from a shortened run: training scaled to the default's steps, generation and
     dev-loss evaluation to the full dev/test splits, everything else (the suite's overhead, model load) as
     measured, since it does not grow with the data."""
@@ -175,7 +193,7 @@ def default_job_estimate(result: dict, train_steps: int, default_steps: int, lib
     wall = sum(phases.values())
     suite = sum(phases[k] for k in OVERHEAD)
     return {"phases": phases, "wall_seconds": wall, "suite_overhead_share": suite / wall,
-            "own_overhead_share": (suite - library_imports) / wall,
+            "own_overhead_share": (suite - shared) / wall,
             "outside_share": (wall - phases["train"] - phases["generation"]) / wall, "steps": default_steps}
 
 
@@ -183,12 +201,49 @@ def default_job_estimate(result: dict, train_steps: int, default_steps: int, lib
 IMPORTS = "import torch; from transformers import Trainer; from trl import SFTTrainer; import peft, datasets"
 
 
-def library_imports_seconds(workdir: Path) -> float:
-    """What importing the training stack costs any TRL script, timed in a fresh interpreter."""
-    code = f"import time; t = time.perf_counter(); {IMPORTS}; print(time.perf_counter() - t)"
+def training_stack(workdir: Path) -> tuple[set[str], float]:
+    """(the modules importing the training stack loads, seconds it took) in a fresh interpreter."""
+    code = (f"import json, sys, time; t = time.perf_counter(); {IMPORTS}; seconds = time.perf_counter() - t; "
+            "print(json.dumps([seconds, sorted(sys.modules)]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=child_env(workdir), capture_output=True,
                           text=True, timeout=600)
-    return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else float("nan")
+    if proc.returncode != 0:
+        raise RuntimeError(f"importing the training stack failed: {proc.stderr.strip()[-2000:]}")
+    seconds, modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    return set(modules), seconds
+
+
+def split_imports(imports: dict[str, float], stack: set[str]) -> tuple[float, dict[str, float]]:
+    """(seconds the job spent importing the modules the training stack's imports load, {top-level package: seconds}
+    for the job's other imports outside the stack's packages, biggest first). The stack's modules are imported
+    before the model loads, inside the suite's phases; what the libraries load later, on first use (a model's
+    modeling file, generation), falls in the load and generation phases and is in neither figure."""
+    packages = {name.split(".")[0] for name in stack}
+    library, others = 0.0, {}
+    for name, seconds in imports.items():
+        top = name.split(".")[0]
+        if name in stack:
+            library += seconds
+        elif top not in packages:
+            others[top] = others.get(top, 0.0) + seconds
+    return library, dict(sorted(others.items(), key=lambda item: -item[1]))
+
+
+def calibration_seconds(workdir: Path) -> dict[str, float]:
+    """What hardware=auto's two measurements take on a machine's first run (later runs read them from the cache):
+    the precision calibration at the default job's shape and the attention timing at its batch, heads and length,
+    each timed in a fresh process after torch is imported."""
+    code = (
+        "import json, time, torch\n"
+        "from slt_hydra.precision import measure, measure_attention\n"
+        "t = time.perf_counter(); measure(16 * 48, 576, 1536); precision = time.perf_counter() - t\n"
+        "t = time.perf_counter(); measure_attention(16, 9, 3, 48, 64, bf16=True); attention = time.perf_counter() - t\n"
+        "print(json.dumps({'precision': precision, 'attention': attention}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=child_env(workdir), capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing the calibration failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def benchmark(steps: int | None, eval_samples: int | None, workdir: Path, log=None) -> dict:
@@ -200,14 +255,24 @@ def benchmark(steps: int | None, eval_samples: int | None, workdir: Path, log=No
     if eval_samples:
         overrides += [f"dataset.max_eval_samples={eval_samples}"]
     print(f"  overhead: python -m slt_hydra {' '.join(overrides[1:]) or '(default job)'}", flush=True)
-    job = run_job(overrides, workdir, log=log)
+    job = run_job(overrides, workdir, log=log, importtime=True)
     train_steps = steps or _default_steps()
     result = phases(job, train_steps)
-    imports = library_imports_seconds(workdir)
+    stack, fresh_seconds = training_stack(workdir)
+    imports, own_imports = split_imports(job["imports"], stack)
+    # What a plain TRL script pays as well, inside the suite's phases: importing the training stack, and TRL's
+    # SFTTrainer being built (it tokenizes the data and wraps the model with LoRA; the job times the call)
+    trainer_init = min(job["run"]["metrics"].get("trainer_setup_seconds", {}).get("value", 0.0),
+                       result["phases"]["trainer_setup"])
+    shared = imports + trainer_init
     result.update(overrides=overrides[1:], adapter=str(workdir / "job" / "adapter"), train_steps=train_steps,
-                  library_imports_seconds=imports,
-                  own_overhead_share=(result["suite_overhead_seconds"] - imports) / result["wall_seconds"],
-                  default_job=default_job_estimate(result, train_steps, _default_steps(), imports))
+                  library_imports_seconds=imports, library_imports_fresh_seconds=fresh_seconds,
+                  trainer_init_seconds=trainer_init, shared_seconds=shared,
+                  own_imports_seconds=own_imports, calibration_seconds=calibration_seconds(workdir),
+                  calibration_cached={key: job["run"]["tags"].get(f"{key}_cached") == "true"
+                                      for key in ("cpu_precision", "train_attention")},
+                  own_overhead_share=(result["suite_overhead_seconds"] - shared) / result["wall_seconds"],
+                  default_job=default_job_estimate(result, train_steps, _default_steps(), shared))
     print(f"    wall {fmt(result['wall_seconds'], 1)} s, outside training+generation "
           f"{fmt(100 * result['outside_share'], 1)} %, model load {fmt(result['model_load_seconds'])} s, "
           f"first step done at {fmt(result['time_to_first_step_end'], 1)} s", flush=True)

@@ -168,7 +168,8 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     if cfg.hardware.device == "cpu":
         mlflow.set_tag("cpu_precision", cfg.hardware.precision)
     if prepared.precision is not None:  # hardware.precision=auto: the choice, its reason and the rates behind it
-        mlflow.set_tag("cpu_precision_reason", prepared.precision.reason)
+        mlflow.set_tags({"cpu_precision_reason": prepared.precision.reason,
+                         "cpu_precision_cached": str(prepared.precision.cached).lower()})
         mlflow.log_metrics({f"calibration_gflops_{name}": rate for name, rate in prepared.precision.gflops.items()})
         log.info("hardware.precision=auto -> %s: %s%s", prepared.precision.precision, prepared.precision.reason,
                  " (cached)" if prepared.precision.cached else "")
@@ -258,13 +259,16 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     callbacks = []
     if cfg.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    t = time.perf_counter()
     trainer = kind.trainer(cfg, model, tokenizer, splits, args or kind.training_arguments(cfg, output_dir),
                            evaluate_dev, callbacks)
+    mlflow.log_metric("trainer_setup_seconds", time.perf_counter() - t)  # the trainer tokenizes, wraps with LoRA
     mlflow.set_tag("trainable_params", str(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
     log_metrics(truncation_counts(trainer, len(splits["train"]), cfg.train.max_length))
     with training_kernels(cfg, model, trainer) as attention:
         if attention is not None:
-            mlflow.set_tags({"train_attention": attention.kernel, "train_attention_reason": attention.reason})
+            mlflow.set_tags({"train_attention": attention.kernel, "train_attention_reason": attention.reason,
+                             "train_attention_cached": str(attention.cached).lower()})
             mlflow.log_metrics({f"attention_ms_{name}": ms for name, ms in attention.milliseconds.items()})
             log.info("hardware.train_attention -> %s: %s%s", attention.kernel, attention.reason,
                      " (cached)" if attention.cached else "")

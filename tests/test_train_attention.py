@@ -184,6 +184,7 @@ def test_a_run_records_the_measured_attention_kernel(tiny_model, tmp_path):
     (run,) = all_runs(tmp_path)
     assert run.data.tags["train_attention"] in precision.ATTENTION_KERNELS
     assert "measured" in run.data.tags["train_attention_reason"]
+    assert run.data.tags["train_attention_cached"] == "false"  # a fresh cache: timed in this run
     assert run.data.metrics["attention_ms_sdpa"] > 0 and run.data.metrics["attention_ms_eager"] > 0
     assert run.data.metrics["train_tokens"] > 0 and "test_bleu4" in run.data.metrics
 
