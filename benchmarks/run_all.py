@@ -1,6 +1,6 @@
 """`make bench`: every comparison in one invocation, then docs/benchmarks.md.
 
-    python -m benchmarks.run_all            # the full settings (about 17 min on a quiet 2-core machine)
+    python -m benchmarks.run_all            # the full settings (about 50 min on a 2-core machine)
     python -m benchmarks.run_all --quick    # a smoke run of every part (a few minutes); writes the doc too
     python -m benchmarks.run_all --no-guide --out /tmp/b.md
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks import bench_overhead, bench_pose, bench_precision, bench_quality, bench_train, bench_translate
 from benchmarks.common import ROOT, fmt, machine_facts, median
 
-FULL = dict(train_steps=9, train_reps=3, guide_steps=1, profile_steps=2, sentences=200, translate_reps=2,
+FULL = dict(train_steps=9, train_reps=5, guide_steps=1, profile_steps=2, sentences=200, translate_reps=2,
             batch_sizes=[64, 128, 256], overhead_steps=9, overhead_eval_samples=50, pose_steps=12, pose_test_samples=24,
             quality_every=4, quality_budget_minutes=10, precision_shorten=[])
 QUICK = dict(train_steps=2, train_reps=1, guide_steps=0, profile_steps=1, sentences=24, translate_reps=1,
@@ -148,7 +148,7 @@ def render(r: dict) -> str:
         "make bench                     # full settings, writes docs/benchmarks.md",
         "make bench BENCH_ARGS=--quick  # smoke run of every part",
         "make bench BENCH_ARGS=\"--threads 1\"   # one torch thread per contender: steadier on a shared machine",
-        "python -m benchmarks.bench_train --steps 9 --reps 3 [--guide]       # one part at a time",
+        "python -m benchmarks.bench_train --steps 9 --reps 5 [--guide]       # one part at a time",
         "python -m benchmarks.bench_translate --sentences 200 --reps 2 --batch-sizes 64,128,256 [--adapter DIR]",
         "python -m benchmarks.bench_overhead --steps 9 --eval-samples 50    # no options: the whole default job",
         "python -m benchmarks.bench_pose --steps 12 --test-samples 24       # the pose path",
@@ -538,7 +538,7 @@ def render_overhead(o: dict, s: dict) -> list[str]:
            "train split and wraps the model with LoRA; the job times the call)" if "trainer_init_seconds" in o else "")
         + ", which a plain TRL training script pays as well; the rest is the suite's own overhead (composition, "
         "validation, data checks, MLflow, checkpoints, saving, scoring, exit): "
-        f"**{fmt(100 * d['own_overhead_share'], 1)} %** of the default job "
+        f"**{fmt(100 * d['own_overhead_share'], 2)} %** of the default job "
         f"({fmt(o['suite_overhead_seconds'] - o.get('shared_seconds', o['library_imports_seconds']), 1)} s). "
         f"Target < {100 * OVERHEAD_TARGET:.0f} %: {verdict(d['own_overhead_share'] < OVERHEAD_TARGET)}"
         + ("" if d["own_overhead_share"] < OVERHEAD_TARGET else
