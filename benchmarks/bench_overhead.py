@@ -4,15 +4,16 @@
     python -m benchmarks.bench_overhead                  # the whole default job, as `make run` runs it (~5 min)
 
 The job runs as a subprocess (under ``python -X importtime``) in a temporary folder with its own MLflow store.
-The parent timestamps the job's
-output as it arrives (the training progress bar's ``0/N`` and ``1/N``: training start and the end of the first
-optimizer step), then reads the run from MLflow: the durations the job logs (``model_load_seconds``,
-``train_seconds``, ``*_translations_per_second``, ``eval_runtime``) and the metrics' timestamps for the rest.
+The parent timestamps the job's output as it arrives (the training progress bar's ``0/N`` and ``1/N``: training
+start and the end of the first optimizer step), then reads the run from MLflow: the durations the job logs
+(``model_load_seconds``, ``train_seconds``, ``*_translations_per_second``, ``eval_runtime``) and the metrics'
+timestamps for the rest.
 A shortened job (one epoch of --steps steps, --eval-samples dev/test sentences) is also scaled up to the
 default job (38 steps, 100 + 100 sentences): training, generation and dev-loss evaluation grow with the data,
 the suite's own overhead does not. Of the suite's phases, the seconds the job spent importing the packages a plain
 TRL + PEFT script imports too (torch, transformers, TRL, PEFT, datasets and what they import) are counted from the
-job's own ``-X importtime`` lines, in the same process, so the machine's speed that moment weighs on both sides.
+job's own ``-X importtime`` lines, in the same process, so the machine's speed that moment weighs on both sides;
+so are the seconds of TRL's ``SFTTrainer(...)`` construction, which the job times (``trainer_setup_seconds``).
 """
 from __future__ import annotations
 
