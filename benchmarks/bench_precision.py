@@ -73,10 +73,11 @@ def render(p: dict) -> list[str]:
     auto, fp32 = p["auto"], p["float32"]
     command = " ".join(["python -m slt_hydra hardware.precision=P eval.zero_shot=false", *p["shorten"]])
     lines = ["## 6. Same quality in bf16: the default job in fp32 and in the chosen precision", "",
-             f"`{command}`: the default job{', shortened (a smoke run),' if p['shorten'] else ''} (one epoch of "
-             f"the demo train split, seed 42) once in the precision `hardware=auto` picks and once in fp32, and fp32 "
-             f"again with seed {RESEED}: how far a run moves when only the seed changes. The dev loss after training "
-             "(held out), BLEU-4 over the 100 test and 100 dev sentences, the training time.", ""]
+             f"`{command}`: the default job (one epoch of the demo train split, seed 42"
+             + ("; shortened: a smoke run" if p["shorten"] else "") + ") once in the precision `hardware=auto` picks "
+             f"and once in fp32, and fp32 again with seed {RESEED}: how far a run moves when only the seed changes. "
+             "The dev loss after training (held out), BLEU-4 over the test and dev splits "
+             f"({len(auto['test_hypotheses'])} test sentences), the training time.", ""]
     if fp32 is None:
         return lines + [f"`hardware=auto` chose **{auto['chosen']}** on this CPU ({auto['reason']}): nothing runs in "
                         "bf16 here, so there is no second run to compare.", ""]

@@ -31,7 +31,8 @@ FULL = dict(train_steps=9, train_reps=5, guide_steps=1, profile_steps=2, sentenc
 QUICK = dict(train_steps=2, train_reps=1, guide_steps=0, profile_steps=1, sentences=24, translate_reps=1,
              batch_sizes=[8, 24], overhead_steps=2, overhead_eval_samples=8, pose_steps=2, pose_test_samples=4,
              quality_every=2, quality_budget_minutes=0.5,
-             precision_shorten=["train.max_steps=2", "dataset.max_train_samples=32", "dataset.max_eval_samples=8"])
+             precision_shorten=["train.max_steps=2", "train.warmup_steps=1", "dataset.max_train_samples=32",
+                                "dataset.max_eval_samples=8"])
 TRAIN_TARGET, LOSS_TOLERANCE, TRANSLATE_TARGET = 3.0, 0.02, 10.0
 OVERHEAD_TARGET, LOAD_TARGET = 0.05, 5.0
 
