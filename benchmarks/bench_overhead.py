@@ -70,16 +70,22 @@ def run_job(overrides: list[str], workdir: Path, log=None, importtime: bool = Fa
     return {"wall": wall, "started_wall": started_wall, "marks": marks, "run": read_run(workdir), "imports": imports}
 
 
-# `-X importtime` writes one line per module: self and cumulative microseconds, the name indented by depth
-IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \| +([\w.]+)\n?")
+# `-X importtime` writes one line per module: self and cumulative microseconds, the name indented two spaces a level
+# below the import the code asked for (a module's line comes after those of the modules it imported)
+IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \| ( *)([\w.]+)\n?")
 
 
-def import_self_seconds(output: str) -> dict[str, float]:
-    """{module: seconds its own import took, its imports left out} from a process's `-X importtime` lines."""
-    seconds: dict[str, float] = {}
-    for micro, name in IMPORT_LINE.findall(output):
-        seconds[name] = seconds.get(name, 0.0) + int(micro) / 1e6
-    return seconds
+def import_self_seconds(output: str) -> list[tuple[str, float, str]]:
+    """[(module, seconds its own import took, the top-level import that loaded it)] from a process's
+    `-X importtime` lines, in the order they finished."""
+    rows: list[tuple[str, float, str]] = []
+    pending: list[tuple[str, float]] = []
+    for micro, indent, name in IMPORT_LINE.findall(output):
+        pending.append((name, int(micro) / 1e6))
+        if not indent:  # a top-level import: it and the deeper lines before it
+            rows += [(module, seconds, name) for module, seconds in pending]
+            pending = []
+    return rows
 
 
 def init_store(workdir: Path) -> None:
@@ -214,20 +220,26 @@ def training_stack(workdir: Path) -> tuple[set[str], float]:
     return set(modules), seconds
 
 
-def split_imports(imports: dict[str, float], stack: set[str]) -> tuple[float, dict[str, float]]:
-    """(seconds the job spent importing the modules the training stack's imports load, {top-level package: seconds}
-    for the job's other imports outside the stack's packages, biggest first). The stack's modules are imported
-    before the model loads, inside the suite's phases; what the libraries load later, on first use (a model's
-    modeling file, generation), falls in the load and generation phases and is in neither figure."""
+def split_imports(imports: list[tuple[str, float, str]], stack: set[str]) -> tuple[float, dict[str, dict]]:
+    """(seconds the job spent importing the modules the training stack's imports load, the job's other imports
+    grouped by the top-level package whose import loaded them: {package: {"seconds": s, "inside": {package: s}}},
+    biggest first). An import the suite asks for counts whole, whatever it drags in that the training stack
+    does not load itself (rouge_score: nltk, and through nltk scipy.stats and scikit-learn). The stack's modules
+    are imported before the model loads, inside the suite's phases; what the libraries load later, on first use
+    (a model's modeling file, generation), falls in the load and generation phases and is in neither figure."""
     packages = {name.split(".")[0] for name in stack}
-    library, others = 0.0, {}
-    for name, seconds in imports.items():
-        top = name.split(".")[0]
-        if name in stack:
+    library, own = 0.0, {}
+    for module, seconds, root in imports:
+        if module in stack:
             library += seconds
-        elif top not in packages:
-            others[top] = others.get(top, 0.0) + seconds
-    return library, dict(sorted(others.items(), key=lambda item: -item[1]))
+        elif root.split(".")[0] not in packages:
+            entry = own.setdefault(root.split(".")[0], {"seconds": 0.0, "inside": {}})
+            entry["seconds"] += seconds
+            top = module.split(".")[0]
+            entry["inside"][top] = entry["inside"].get(top, 0.0) + seconds
+    for entry in own.values():
+        entry["inside"] = dict(sorted(entry["inside"].items(), key=lambda item: -item[1]))
+    return library, dict(sorted(own.items(), key=lambda item: -item[1]["seconds"]))
 
 
 def calibration_seconds(workdir: Path) -> dict[str, float]:

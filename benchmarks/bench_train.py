@@ -158,6 +158,8 @@ def train_and_measure(trainer, steps: int, accumulation: int, model, tokenizer, 
         "step_seconds_median_after_first": median(timer.wall[1:]) if len(timer.wall) > 1 else median(timer.wall),
         "step_seconds": timer.wall,
         "step_cpu_seconds": timer.cpu,
+        "step_real_tokens": [sum(b["real"] for b in used[i:i + accumulation])
+                             for i in range(0, len(used), accumulation)],
         "real_tokens": real,
         "target_tokens": target,
         "padded_tokens": padded,
