@@ -116,9 +116,9 @@ def render(p: dict) -> list[str]:
         "",
         f"- {chosen} against fp32, seed by seed: "
         + "; ".join(f"{pair['seed']}: {change_text(pair, p['test_outputs'])}" for pair in pairs) + ".",
-        f"- Mean over the {len(pairs)} seeds: {change_text(p['mean'], p['test_outputs'])}. Bar: the dev loss within "
-        f"{100 * LOSS_BAR:.0f} % of fp32's and test BLEU-4 within {BLEU_BAR:.0f}, either way: {met} "
-        f"({p['pairs_within']} of {len(pairs)} single pairs within both). Training took "
+        f"- Mean over the {len(pairs)} seeds: {change_text(p['mean'], p['test_outputs'])}. Bar (the dev loss within "
+        f"{100 * LOSS_BAR:.0f} % of fp32's and test BLEU-4 within {BLEU_BAR:.0f}, either way), on the mean: {met}; "
+        f"pair by pair: {p['pairs_within']} of {len(pairs)} within both. Training took "
         f"{fmt(p['training_speedup'], 2)}x less time in {chosen} (median over the pairs).",
         f"- The yardstick: across the seeds, fp32 alone spans {100 * p['fp32_spread']['dev_loss']:.1f} % in dev loss "
         f"and {fmt(p['fp32_spread']['test_bleu4'])} points of test BLEU-4 (only the data order and LoRA's initial "

@@ -1,6 +1,6 @@
 """`make bench`: every comparison in one invocation, then docs/benchmarks.md.
 
-    python -m benchmarks.run_all            # the full settings (about 50 min on a 2-core machine)
+    python -m benchmarks.run_all            # the full settings (about 57 min on a 2-core machine)
     python -m benchmarks.run_all --quick    # a smoke run of every part (18 min on 2 cores); writes the doc too
     python -m benchmarks.run_all --no-guide --out /tmp/b.md
 
@@ -229,8 +229,8 @@ def render_train(t: dict, profile: dict | None, s: dict, prefix_tokens: int | No
             f"- Without each contender's first optimizer step (warm-up: kernels built for each new shape, memory "
             f"allocated), each step's real tokens over its time: ours {steady[1]:.0f} real tokens/s, the baseline "
             f"{steady[2]:.0f}, so **{steady[0]:.2f}x** after the first step. (Ours trains length-grouped batches, "
-            "longest first: its step times fall through the run while its tokens/s stay level.) The verdict above "
-            "stays on the whole 9 steps.")
+            "longest first, so its step times fall through a run for that reason too; this rate counts each step's "
+            "own tokens.) The verdict above stays on the whole 9 steps.")
     if "ratio_vs_tuned" in sm:
         lines += [
             f"- ours / tuned TRL: **{sm['ratio_vs_tuned']:.2f}x** real tokens/s (per CPU-second: "
@@ -255,7 +255,7 @@ def render_train(t: dict, profile: dict | None, s: dict, prefix_tokens: int | No
 def steady_ratio(t: dict) -> tuple[float, float, float] | None:
     """ours / the baseline in real tokens per second over the steps after the first (medians over the repetitions):
     (ratio, ours' real tokens/s, the baseline's). Each step's own tokens count: ours trains length-grouped
-    batches, longest first, so its step times fall through the run while its tokens/s stay level."""
+    batches, longest first, so its step times alone would overstate its later steps' speed."""
     sm = t["summary"]
     best = sm.get("best_plain")
     if not best or "ours" not in sm:
