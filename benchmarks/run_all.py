@@ -1,7 +1,7 @@
 """`make bench`: every comparison in one invocation, then docs/benchmarks.md.
 
     python -m benchmarks.run_all            # the full settings (about 57 min on a 2-core machine)
-    python -m benchmarks.run_all --quick    # a smoke run of every part (18 min on 2 cores); writes the doc too
+    python -m benchmarks.run_all --quick    # a smoke run of every part (21 min on 2 cores); writes the doc too
     python -m benchmarks.run_all --no-guide --out /tmp/b.md
 
 Order: the overhead job first (the default job shortened to 9 steps and 50 dev/test sentences; its trained adapter
