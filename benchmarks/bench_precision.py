@@ -89,6 +89,9 @@ def within(change: dict) -> bool:
 
 def render(p: dict) -> list[str]:
     """The same-quality section of docs/benchmarks.md."""
+    if "pairs" not in p:  # a results.json from before the seed pairs (2026-12-06): one fp32 run and one reseeded
+        return ["## 6. Same quality in bf16", "", "These results predate the seed pairs; run "
+                "`python -m benchmarks.bench_precision` (or `make bench`) for this section.", ""]
     auto, pairs = p["auto"], p["pairs"]
     seeds = [pair["seed"] for pair in pairs] or [auto["seed"]]
     command = " ".join(["python -m slt_hydra hardware.precision=P train.seed=S eval.zero_shot=false", *p["shorten"]])
