@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, child_env, fmt
+from benchmarks.common import ROOT, child_env, fmt, shortened
 
 
 def run_job(overrides: list[str], workdir: Path, log=None, importtime: bool = False) -> dict:
@@ -232,8 +232,8 @@ def split_imports(imports: list[tuple[str, float, str]], stack: set[str]) -> tup
     for module, seconds, root in imports:
         if module in stack:
             library += seconds
-        elif root.split(".")[0] not in packages:
-            entry = own.setdefault(root.split(".")[0], {"seconds": 0.0, "inside": {}})
+        elif (package := root.split(".")[0]) not in packages:
+            entry = own.setdefault(package, {"seconds": 0.0, "inside": {}})
             entry["seconds"] += seconds
             top = module.split(".")[0]
             entry["inside"][top] = entry["inside"].get(top, 0.0) + seconds
@@ -263,8 +263,7 @@ def benchmark(steps: int | None, eval_samples: int | None, workdir: Path, log=No
     """Run the (possibly shortened) default job once and break its wall time down."""
     overrides = [f"hydra.run.dir={workdir / 'job'}"]
     if steps:
-        overrides += [f"train.max_steps={steps}", f"train.warmup_steps={min(5, steps)}",
-                      f"dataset.max_train_samples={steps * 16}"]
+        overrides += [*shortened(steps), f"dataset.max_train_samples={steps * 16}"]
     if eval_samples:
         overrides += [f"dataset.max_eval_samples={eval_samples}"]
     print(f"  overhead: python -m slt_hydra {' '.join(overrides[1:]) or '(default job)'}", flush=True)

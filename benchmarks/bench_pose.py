@@ -19,12 +19,11 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_overhead import run_job
-from benchmarks.common import fmt
+from benchmarks.common import fmt, shortened
 
 
 def overrides(steps: int, test_samples: int) -> list[str]:
-    return ["+experiment=pose_quick", f"train.max_steps={steps}", f"train.warmup_steps={min(5, steps)}",
-            "train.eval_strategy=no", "train.save_strategy=no",
+    return ["+experiment=pose_quick", *shortened(steps), "train.eval_strategy=no", "train.save_strategy=no",
             "train.load_best_model_at_end=false", "eval.zero_shot=false", "eval.splits=[test]",
             "eval.objective=test_bleu4", f"dataset.max_eval_samples={test_samples}", "mlflow.experiment_name=bench"]
 

@@ -29,7 +29,7 @@ SEEDS = (42, 43, 44)  # the default seed first; each one trains in both precisio
 CHANGES = ("dev_loss_change", "test_bleu4_change", "dev_bleu4_change", "test_outputs_differ")
 
 
-def overrides(precision: str, seed: int, workdir: Path, shorten: list[str]) -> list[str]:
+def overrides(precision: str, seed: int | str, workdir: Path, shorten: list[str]) -> list[str]:
     return [f"hardware.precision={precision}", f"train.seed={seed}", "eval.zero_shot=false",
             f"hydra.run.dir={workdir / 'job'}", "mlflow.experiment_name=bench_precision", *shorten]
 
@@ -51,8 +51,8 @@ def benchmark(workdir: Path, log=None, shorten: list[str] | None = None, seeds: 
     job of the same seed and both jobs of every other seed (``shorten``: overrides that cut every job down, for a
     smoke run)."""
     shorten = shorten or []
-    print(f"  precision: python -m slt_hydra {' '.join(overrides('auto|float32', 0, Path('DIR'), shorten))}"
-          .replace("train.seed=0", f"train.seed={'|'.join(map(str, seeds))}"), flush=True)
+    shown = overrides("auto|float32", "|".join(map(str, seeds)), Path("DIR"), shorten)
+    print(f"  precision: python -m slt_hydra {' '.join(shown)}", flush=True)
     auto = job("auto", seeds[0], workdir / f"auto_{seeds[0]}", shorten, log=log)
     if auto["chosen"] in (None, "float32"):
         return {"auto": auto, "pairs": [], "verdict": None, "shorten": shorten}

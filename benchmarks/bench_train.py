@@ -50,6 +50,7 @@ from benchmarks.common import (
     peak_rss_gb,
     quiet,
     run_child,
+    shortened,
     write_result,
 )
 
@@ -177,7 +178,7 @@ def train_and_measure(trainer, steps: int, accumulation: int, model, tokenizer, 
 
 def base_overrides(steps: int) -> list[str]:
     """Our default job, stopped after STEPS optimizer steps; evaluation and checkpoints off."""
-    return [f"train.max_steps={steps}", f"train.warmup_steps={min(5, steps)}",
+    return [*shortened(steps),
             f"dataset.max_eval_samples={HELDOUT}",
             "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false"]
 

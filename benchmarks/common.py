@@ -26,6 +26,16 @@ VERSIONS = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate"
 # --------------------------------------------------------------------------- config and model
 
 
+def shortened(steps: int) -> list[str]:
+    """Overrides that stop the default job after STEPS optimizer steps, its warm-up (conf/train/default.yaml) cut
+    to at most those steps: validation refuses a warm-up longer than the run."""
+    from omegaconf import OmegaConf
+
+    warmup = OmegaConf.load(CONF / "train" / "default.yaml").warmup_steps
+    return [f"train.max_steps={steps}", f"train.warmup_steps={min(warmup, steps)}"]
+
+
+
 def compose(overrides: Sequence[str], output_dir: Path):
     """The config `python -m slt_hydra OVERRIDES` would get (as tests/conftest.py composes it)."""
     from hydra import compose as hydra_compose
