@@ -32,7 +32,13 @@ from slt_hydra.pose_demo import write_pose_demo
 from slt_hydra.pose_model import load_encoder_settings
 from slt_hydra.precision import PrecisionChoice
 from slt_hydra.quiet import note_cpu_4bit_kernels
-from slt_hydra.training import resume_checkpoint, train_and_measure, training_kernels, truncation_counts
+from slt_hydra.training import (
+    mlflow_callback,
+    resume_checkpoint,
+    train_and_measure,
+    training_kernels,
+    truncation_counts,
+)
 
 log = logging.getLogger("slt_hydra")
 
@@ -256,7 +262,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
 
     # Train, with the lora group's adapter; checkpoint-N/ folders land beside the predictions.
     evaluate_dev = cfg.train.eval_strategy != "no"
-    callbacks = []
+    callbacks = [mlflow_callback()]
     if cfg.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     t = time.perf_counter()

@@ -198,3 +198,26 @@ def test_the_fast_exit_waits_for_threads_and_exit_handlers_and_never_hangs(tmp_p
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["thread done", "exit handler ran"]
+
+
+def test_the_trainer_logs_to_mlflow_as_it_goes(tmp_path):
+    """The Trainer's MLflow callback writes each log when it is made (no queue for a kill -9 to lose, no wait for
+    MLflow's logging thread when the run ends): another client reads it at once."""
+    import mlflow
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from slt_hydra.training import mlflow_callback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], learning_rate=3e-4)
+    callback, state = mlflow_callback(), TrainerState()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run() as run:
+            callback.on_train_begin(args, state, TrainerControl())
+            state.global_step = 1
+            callback.on_log(args, state, TrainerControl(), logs={"loss": 2.5})
+            logged = MlflowClient(uri).get_run(run.info.run_id).data
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert logged.metrics == {"loss": 2.5} and logged.params["learning_rate"] == "0.0003"
