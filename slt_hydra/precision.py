@@ -25,6 +25,7 @@ torch is imported only to measure, so the planner and the fast checks stay torch
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -69,30 +70,41 @@ def decide(native_bf16: bool, gflops: dict[str, float] | None,
                              f"weights (GFLOP/s: {rates})")
 
 
-def measure(rows: int, k: int, n: int, threads: int | None = None, seconds: float = 0.2) -> dict[str, float]:
+def measure(rows: int, k: int, n: int, threads: int | None = None, seconds: float = 0.3) -> dict[str, float]:
     """GFLOP/s of y = x W^T (W: n x k, frozen) forward and dL/dx backward, per precision, on this CPU, with
-    ``threads`` torch threads (None: leave torch's setting alone, as the run will). The median repetition, so
-    neither another process's bursts nor a lucky one decide."""
+    ``threads`` torch threads (None: leave torch's setting alone, as the run will). The precisions take turns, one
+    repetition each per round, for ``seconds`` in all (at least 5 rounds), so a change in the machine's load weighs
+    on all of them alike; the median repetition of each, so neither another process's bursts nor a lucky one
+    decide."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     flops = 4 * rows * k * n  # two matmuls of 2*rows*k*n: the forward and the input gradient
     generator = torch.Generator().manual_seed(0)
-    rates = {}
+    steps = {}
     for name in PRECISIONS:
         dtype = torch.bfloat16 if name == "bfloat16" else torch.float32
         weight = (torch.randn(n, k, generator=generator) * 0.02).to(dtype)
         x = torch.randn(rows, k, generator=generator).to(dtype).requires_grad_(True)
-        autocast_on = name == "bf16_autocast"
-        _linear_step(x, weight, autocast_on)  # warm-up: kernel selection, first allocations
-        times = []
-        while len(times) < 5 or sum(times) < seconds:
-            started = time.perf_counter()
-            _linear_step(x, weight, autocast_on)
-            times.append(time.perf_counter() - started)
-        rates[name] = flops / statistics.median(times) / 1e9
-    return rates
+        steps[name] = functools.partial(_linear_step, x, weight, name == "bf16_autocast")
+    times = take_turns(steps, rounds=5, seconds=seconds)
+    return {name: flops / statistics.median(times[name]) / 1e9 for name in PRECISIONS}
+
+
+def take_turns(steps: dict[str, Callable[[], object]], rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Each step's times: one warm-up call each (kernel selection, first allocations), then rounds of one call of
+    each in turn, for at least ``rounds`` rounds and ``seconds`` in all."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    started = time.perf_counter()
+    while len(times[next(iter(steps))]) < rounds or time.perf_counter() - started < seconds:
+        for name, step in steps.items():
+            begin = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - begin)
+    return times
 
 
 def _linear_step(x, weight, autocast_on: bool) -> None:
@@ -170,7 +182,8 @@ def measure_attention(batch: int, heads: int, kv_heads: int, length: int, head_d
                       threads: int | None = None, seconds: float = 0.1) -> dict[str, float]:
     """Milliseconds of one attention forward and backward per kernel, as a training step runs it: a right-padded
     batch (a boolean causal mask for sdpa, an additive one for eager), grouped key/value heads repeated to the query
-    heads, eager's softmax in fp32. The fastest of the repetitions, so another process's bursts count least."""
+    heads, eager's softmax in fp32. The kernels take turns for ``seconds`` in all (at least 3 rounds); the fastest
+    of each one's repetitions, so another process's bursts count least."""
     import torch
     import torch.nn.functional as F
 
@@ -199,16 +212,11 @@ def measure_attention(batch: int, heads: int, kv_heads: int, length: int, head_d
         scores = query @ repeat(key).transpose(2, 3) * scale + additive
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype) @ repeat(value)
 
-    timings = {}
-    for name, attention in (("sdpa", sdpa), ("eager", eager)):
-        times = []
-        attention().sum().backward()  # warm-up: kernel selection, first allocations
-        while len(times) < 3 or sum(times) < seconds:
-            started = time.perf_counter()
-            attention().sum().backward()
-            times.append(time.perf_counter() - started)
-        timings[name] = 1e3 * min(times)
-    return timings
+    def step(attention):
+        return lambda: attention().sum().backward()
+
+    times = take_turns({"sdpa": step(sdpa), "eager": step(eager)}, rounds=3, seconds=seconds)
+    return {name: 1e3 * min(measured) for name, measured in times.items()}
 
 
 def decide_attention(milliseconds: dict[str, float]) -> tuple[str, str]:

@@ -94,6 +94,15 @@ def test_the_calibration_measures_every_precision_on_this_cpu():
     assert all(rate > 0 for rate in measured.values())
 
 
+def test_the_contenders_take_turns_after_one_warm_up_each():
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("float32", "bf16_autocast", "bfloat16")}
+    times = precision.take_turns(steps, rounds=4, seconds=0.0)
+    assert calls == ["float32", "bf16_autocast", "bfloat16"] * 5  # the warm-ups, then four rounds in turn
+    assert {name: len(measured) for name, measured in times.items()} == dict.fromkeys(steps, 4)
+    assert all(seconds >= 0 for measured in times.values() for seconds in measured)
+
+
 def seed_cache(cfg, gflops):
     """What an earlier calibration on this machine left: the run reads it instead of measuring."""
     train_batch = cfg.train.per_device_train_batch_size or cfg.hardware.per_device_train_batch_size
