@@ -496,10 +496,17 @@ def own_imports_line(o: dict) -> list[str]:
     parts = "; ".join(part(name, entry) for name, entry in list(own.items())[:6])
     total = fmt(sum(entry["seconds"] for entry in own.values()), 1)
     how = "by the import the suite asks for, with what it drags in" if grouped else "by package"
+    if "rouge_score" in own:  # results from before the scorer's helper process (slt_hydra/scorer.py)
+        libraries, helper = ("MLflow's tracking client and SQL store; rouge-score imports all of NLTK, which imports "
+                             "scipy.stats and scikit-learn"), ""
+    else:
+        libraries = "MLflow's tracking client and SQL store"
+        helper = (" rouge-score's (all of NLTK, which imports scipy.stats and scikit-learn: about a second) is not "
+                  "among them: the job scores in a helper process that imports it on the other core while the job "
+                  "imports torch and loads its model (slt_hydra/scorer.py).")
     return [f"- Of the suite's own seconds, importing what the training stack does not load ({total} s; {how}; "
-            f"over 0.05 s): {parts}. These are the libraries' "
-            "own import costs (MLflow's tracking client and SQL store; rouge-score imports all of NLTK, which "
-            "imports scipy.stats and scikit-learn): fixed seconds that no setting of ours removes."]
+            f"over 0.05 s): {parts}. These are the libraries' own import costs ({libraries}): fixed seconds that "
+            f"no setting of ours removes.{helper}"]
 
 
 def calibration_line(o: dict, d: dict) -> list[str]:

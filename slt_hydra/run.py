@@ -25,13 +25,14 @@ from slt_hydra.fewshot import shot_picker
 from slt_hydra.kinds import kind_for
 from slt_hydra.machine import Machine, detect_machine, peak_memory_gb, reset_peak_memory
 from slt_hydra.memory import estimate_memory_gb, resolve_auto_quant
-from slt_hydra.metrics import SCORES, score_corpus
+from slt_hydra.metrics import SCORES
 from slt_hydra.models import ModelSource, cpu_4bit_inference_packing, locate_model
 from slt_hydra.pose import PoseCorpus, load_pose_corpus
 from slt_hydra.pose_demo import write_pose_demo
 from slt_hydra.pose_model import load_encoder_settings
 from slt_hydra.precision import PrecisionChoice
 from slt_hydra.quiet import note_cpu_4bit_kernels
+from slt_hydra.scorer import process_scorer
 from slt_hydra.training import (
     mlflow_callback,
     resume_checkpoint,
@@ -148,6 +149,7 @@ def write_predictions(path: Path, examples: list[Example], hypotheses: list[str]
 def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
     if distributed.should_launch(cfg):  # hardware.num_processes > 1: torchrun runs this job; rank 0 logs here
         return objective_value(cfg, distributed.launch(cfg))
+    scorer = process_scorer()  # its imports (~1 s) run in a helper process, beside torch's and the model's here
     import mlflow
     import torch
     from transformers import EarlyStoppingCallback, set_seed
@@ -212,7 +214,7 @@ def execute(cfg: DictConfig, prepared: Prepared) -> float | list[float] | None:
         examples = splits[split]
         hypotheses = kind.translate(cfg, generator, tokenizer, [e.source for e in examples], batch_size, shots_for)
         seconds = time.perf_counter() - t0
-        scores = score_corpus(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
+        scores = scorer.score(hypotheses, [e.target for e in examples], tokenize=cfg.dataset.tokenize,
                               lowercase=cfg.dataset.lowercase, tokenized=cfg.dataset.tokenized)
         log_metrics({f"{prefix}{split}_{m}": scores[m] for m in SCORES})
         log_metrics({f"{prefix}{split}_translations_per_second": len(examples) / seconds})

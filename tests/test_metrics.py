@@ -129,6 +129,37 @@ def test_score_corpus_rejects_bad_input():
         score_corpus(["a"], ["a"], tokenize="nope")
 
 
+def test_the_helper_process_scores_as_score_corpus_does_and_the_job_scores_itself_when_it_dies():
+    from slt_hydra.scorer import Scorer
+
+    hypotheses = ["Der Hund läuft über die Straße .", "morgen regnet es im norden", "我想吃面条。"]
+    references = ["der hund läuft über die straße .", "morgen regen im norden", "我 想 吃 面 条 。"]
+    scorer = Scorer()
+    try:
+        helper = scorer.helper
+        for options in ({}, {"tokenize": "none", "lowercase": True, "tokenized": True}, {"tokenize": "zh"}):
+            assert scorer.score(hypotheses, references, **options) == score_corpus(hypotheses, references, **options)
+        with pytest.raises(ValueError, match="unknown tokenize"):  # refused there: raised here, the same
+            scorer.score(["a"], ["a"], tokenize="nope")
+        assert scorer.helper is helper and helper.poll() is None  # one helper for every request
+        helper.kill()
+        helper.wait(timeout=10)
+        assert scorer.score(hypotheses, references) == score_corpus(hypotheses, references)
+        assert scorer.helper is None  # from now on, scored in this process
+    finally:
+        scorer.close()
+
+
+def test_the_helper_process_ends_when_its_job_closes_it():
+    from slt_hydra.scorer import Scorer
+
+    scorer = Scorer()
+    helper = scorer.helper
+    assert scorer.score(["a b c d"], ["a b c d"])["bleu4"] == pytest.approx(100.0)
+    scorer.close()
+    assert helper.wait(timeout=10) == 0 and scorer.helper is None
+
+
 def test_perplexity():
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(7.5)) == pytest.approx(7.5)
