@@ -22,9 +22,12 @@ class Scorer:
     """``score(hypotheses, references, **options)``: ``metrics.score_corpus``, in the helper process."""
 
     def __init__(self) -> None:
-        try:  # (the interpreter's own flags are not passed on: -X importtime lines stay the job's)
+        # The interpreter's own flags are not passed on (-X importtime lines stay the job's); a session of its own,
+        # so a Ctrl-C in the terminal is the job's alone to handle (the helper ends when the job does)
+        try:
             self.helper: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "slt_hydra.scorer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                [sys.executable, "-m", "slt_hydra.scorer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                start_new_session=True)
         except OSError:
             self.helper = None
 

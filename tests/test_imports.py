@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "slt_hydra"
 # Lower layers know nothing of higher ones. A new module gets a layer here, or the test below fails.
 LAYERS = {
     0: {"errors", "schema", "metrics", "machine", "quiet"},  # leaves: no slt_hydra imports
-    1: {"precision", "config", "data", "tracking"},  # CPU precision, the composed config, the corpora, MLflow
+    # CPU precision, the composed config, the corpora, MLflow, scoring in a helper process
+    1: {"precision", "config", "data", "tracking", "scorer"},
     2: {"fewshot", "distributed", "pose", "pose_model"},  # pose: keypoint files; pose_model: encoder, soft tokens
     3: {"models", "pose_demo"},  # find, load, quantize; LoRA description | the synthetic pose corpus
     4: {"memory"},  # the planner's maths
