@@ -10,7 +10,7 @@ megabatches of 144, transformers' heuristic for 600 pairs at batch 16, so ours t
 
 - ours:      slt_hydra's real path: the composed default config -> run.prepare -> models.load_causal_lm ->
              training.score_target_positions_only()
-             -> SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora))
+             -> SFTTrainer(args=sft_config(cfg), peft_config=peft_config(cfg.lora), callbacks=[mlflow_callback()])
              inside an open MLflow run, as run.execute builds it (evaluation and checkpoints off: they are not
              training throughput).
 - trl_tuned: plain TRL as a careful user writes it on CPU: fp32, bf16 and gradient checkpointing off, adamw_torch,
@@ -194,7 +194,7 @@ def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
     from slt_hydra.data import to_prompt_completion
     from slt_hydra.models import load_causal_lm, peft_config
     from slt_hydra.run import prepare
-    from slt_hydra.training import score_target_positions_only, sft_config
+    from slt_hydra.training import mlflow_callback, score_target_positions_only, sft_config
 
     cfg = compose(base_overrides(steps) if overrides is None else overrides, workdir / "ours")
     prepared = prepare(cfg)
@@ -209,7 +209,7 @@ def build_ours(steps: int, workdir: Path, sft_extra: dict, full_head: bool = Fal
         score_target_positions_only()
     trainer = SFTTrainer(model=model, args=args,
                          train_dataset=to_prompt_completion(prepared.splits["train"], cfg.dataset),
-                         processing_class=tokenizer, peft_config=peft_config(cfg.lora))
+                         processing_class=tokenizer, peft_config=peft_config(cfg.lora), callbacks=[mlflow_callback()])
     return cfg, prepared, trainer, tokenizer
 
 
