@@ -1,6 +1,6 @@
 """`make bench`: every comparison in one invocation, then docs/benchmarks.md.
 
-    python -m benchmarks.run_all            # the full settings (about 57 min on a 2-core machine)
+    python -m benchmarks.run_all            # the full settings (53-57 min on a 2-core machine)
     python -m benchmarks.run_all --quick    # a smoke run of every part (21 min on 2 cores); writes the doc too
     python -m benchmarks.run_all --no-guide --out /tmp/b.md
 
