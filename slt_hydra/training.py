@@ -53,7 +53,7 @@ def trainer_arguments(cfg: DictConfig, output_dir: Path) -> dict:
         optim=hw.optim,
         activation_checkpointing=hw.gradient_checkpointing,  # (its old name, gradient_checkpointing, is deprecated)
         include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
-        report_to=[],  # its MLflow callback is added by mlflow_callback() (synchronous logging), into our open run
+        report_to=[],  # none by name: run.execute adds mlflow_callback() (logging synchronously into our open run)
         run_name=None,
         save_only_model=False,
         dataloader_num_workers=0,
