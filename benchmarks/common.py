@@ -35,7 +35,6 @@ def shortened(steps: int) -> list[str]:
     return [f"train.max_steps={steps}", f"train.warmup_steps={min(warmup, steps)}"]
 
 
-
 def compose(overrides: Sequence[str], output_dir: Path):
     """The config `python -m slt_hydra OVERRIDES` would get (as tests/conftest.py composes it)."""
     from hydra import compose as hydra_compose
